@@ -1,0 +1,222 @@
+"""The `fer` command: a thin Typer layer over the stage modules.
+
+Each command parses options, loads the config (CLI > file > defaults) and calls the
+engine; errors from fercli.errors become one ``Error: ...`` line and their exit code
+(a traceback only with ``fer --debug ...``).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .config import DEFAULT_CONFIG_FILE, defaults, load_config, reference_markdown
+from .engine import (StageResult, parse_shard, raise_if_failed, run_stage, stage_states,
+                     summary_table)
+from .errors import FerError, ItemsFailedError
+from .stages import PIPELINE
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False)
+_state = {"debug": False}
+
+app = typer.Typer(help="fercli: video-based facial expression recognition, stage by stage "
+                       "(index -> split -> detect -> track -> trim -> augment -> extract -> "
+                       "cv-train -> finalize -> fuse -> evaluate).",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+config_app = typer.Typer(help="Show, initialise or document the configuration.",
+                         no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help=f"Config YAML (default: "
+                         f"./{DEFAULT_CONFIG_FILE} if present).")
+SetOpt = typer.Option(None, "--set", "-s", help="Override a config value: section.key=value "
+                      "(repeatable; wins over the file).")
+
+
+def handle_errors(func: Callable) -> Callable:
+    """Map FerError to one line on stderr and its exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except FerError as exc:
+            if _state["debug"]:
+                raise
+            console.print(f"[bold red]Error:[/] {exc}", soft_wrap=True, markup=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            console.print("Interrupted; run the same command again to resume.")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+          version: bool = typer.Option(False, "--version", help="Print the version.")):
+    _state["debug"] = debug
+    if version:
+        out.print(f"fercli {__version__}")
+        raise typer.Exit()
+
+
+def _run(stage_name: str, config, force: bool, shard: Optional[str], workers: int) -> StageResult:
+    stage = PIPELINE[stage_name]
+    result = run_stage(stage, config, PIPELINE, force=force, shard=parse_shard(shard),
+                       workers=workers, console=console)
+    if not result.skipped:
+        console.print(summary_table(result))
+    return result
+
+
+def _make_stage_command(stage_name: str) -> None:
+    stage = PIPELINE[stage_name]
+
+    @handle_errors
+    def command(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+                force: bool = typer.Option(False, "--force", help="Redo the stage even if "
+                                           "it is up to date."),
+                shard: Optional[str] = typer.Option(None, "--shard", help="K/N: process "
+                                                    "only this share of the items (array "
+                                                    "jobs)."),
+                workers: int = typer.Option(1, "--workers", "-j", help="Items processed in "
+                                            "parallel.")):
+        cfg = load_config(config, set_)
+        raise_if_failed(_run(stage_name, cfg, force, shard, workers))
+
+    command.__doc__ = stage.help
+    app.command(stage_name)(command)
+
+
+def _index_command():
+    @handle_errors
+    def index(root: Optional[Path] = typer.Argument(None, help="Dataset folder (sets "
+                                                     "index.root)."),
+              config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+              force: bool = typer.Option(False, "--force", help="Redo even if up to date."),
+              shard: Optional[str] = typer.Option(None, "--shard", help="K/N share of the "
+                                                  "items (array jobs)."),
+              workers: int = typer.Option(1, "--workers", "-j", help="Items in parallel.")):
+        """Build the dataset table (subject, label, frames, fps, size) from a folder."""
+        overrides = list(set_ or [])
+        if root is not None:
+            overrides.insert(0, f"index.root={os.fspath(root.resolve())}")
+        cfg = load_config(config, overrides)
+        raise_if_failed(_run("index", cfg, force, shard, workers))
+
+    app.command("index")(index)
+
+
+_index_command()
+for _name, _stage in PIPELINE.items():
+    if _stage is not None and _name != "index":
+        _make_stage_command(_name)
+
+
+@app.command("run")
+@handle_errors
+def run_pipeline(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+                 until: Optional[str] = typer.Option(None, "--until", help="Last stage to "
+                                                     "run."),
+                 workers: int = typer.Option(1, "--workers", "-j", help="Items in parallel.")):
+    """Run every implemented stage in order, skipping what is up to date."""
+    cfg = load_config(config, set_)
+    if until is not None and until not in PIPELINE:
+        raise FerError(f"--until {until!r} is not a stage; choose one of: "
+                       f"{', '.join(PIPELINE)}")
+    failed = []
+    for name, stage in PIPELINE.items():
+        if stage is None:
+            console.print(f"{name}: not implemented yet; stopping here")
+            break
+        result = _run(name, cfg, False, None, workers)
+        if result.n_failed:
+            failed.append(f"{name} ({result.n_failed})")
+        if name == until:
+            break
+    _print_status(cfg)
+    if failed:
+        raise ItemsFailedError(f"items failed in: {', '.join(failed)}",
+                               hint="See `fer status`; the other items are complete")
+
+
+def _print_status(cfg) -> None:
+    table = Table(title=f"fer status  (workdir: {cfg.workdir})")
+    for col in ("stage", "status", "items", "failed", "why"):
+        table.add_column(col)
+    colours = {"up to date": "green", "stale": "yellow", "incomplete": "yellow",
+               "not run": "dim", "not implemented": "dim"}
+    for name, st in stage_states(cfg, PIPELINE).items():
+        items = str(st.n_items or st.n_done or "")
+        table.add_row(name, f"[{colours[st.status]}]{st.status}[/]", items,
+                      str(st.n_failed or ""), st.reason)
+    out.print(table)
+
+
+@app.command("status")
+@handle_errors
+def status(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt):
+    """Show each stage: up to date, stale (and why), incomplete, not run, failed items."""
+    _print_status(load_config(config, set_))
+
+
+@config_app.command("show")
+@handle_errors
+def config_show(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt):
+    """Print the resolved configuration (defaults < file < --set)."""
+    cfg = load_config(config, set_)
+    out.print(f"# config file: {cfg.path or '(none: defaults)'}", soft_wrap=True)
+    out.print(cfg.to_yaml(), end="", soft_wrap=True, markup=False)
+
+
+@config_app.command("init")
+@handle_errors
+def config_init(path: Path = typer.Argument(Path(DEFAULT_CONFIG_FILE), help="Where to "
+                                            "write it."),
+                force: bool = typer.Option(False, "--force", help="Overwrite.")):
+    """Write a config file with every default, ready to edit."""
+    import yaml
+
+    from .workspace import atomic_write_text
+
+    if path.exists() and not force:
+        raise FerError("already exists", path=path, hint="Use --force to overwrite")
+    atomic_write_text(path, yaml.safe_dump(defaults(), sort_keys=False))
+    out.print(f"wrote {path}")
+
+
+@config_app.command("reference")
+def config_reference():
+    """Print the config reference (Markdown table of every key)."""
+    out.print(reference_markdown(), markup=False, soft_wrap=True)
+
+
+@app.command("sample-data")
+@handle_errors
+def sample_data(out_dir: Path = typer.Argument(..., help="Folder to write the videos to."),
+                subjects: int = typer.Option(8, "--subjects", help="Number of subjects."),
+                seed: int = typer.Option(0, "--seed", help="Random seed."),
+                force: bool = typer.Option(False, "--force", help="Overwrite existing.")):
+    """Generate the synthetic labelled sample dataset (deterministic)."""
+    from .sampledata import generate_sample_data
+
+    if out_dir.exists() and any(out_dir.glob("*.avi")) and not force:
+        raise FerError("already holds videos", path=out_dir, hint="Use --force to regenerate")
+    paths = generate_sample_data(out_dir, n_subjects=subjects, seed=seed)
+    out.print(f"wrote {len(paths)} videos to {out_dir}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Configuration: one YAML file, one section per stage, ``--set`` overrides.
+
+Precedence is stated once: command line (``--set section.key=value``) > config file >
+defaults below. Every key is declared with its type, allowed values and a help line, so a
+wrong key or a wrong type fails early with one line naming the key, and the README's
+config reference is generated from this table (``fer config reference``).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "fer.yaml"
+
+THESIS_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise"]
+
+# Synonyms seen in BU-4DFE, CK+, FER2013 and folder-per-label redistributions.
+DEFAULT_SYNONYMS = {
+    "anger": "angry", "angry": "angry", "an": "angry",
+    "disgust": "disgust", "disgusted": "disgust", "di": "disgust",
+    "fear": "fear", "fearful": "fear", "afraid": "fear", "fe": "fear",
+    "happy": "happy", "happiness": "happy", "joy": "happy", "ha": "happy",
+    "sad": "sad", "sadness": "sad", "sa": "sad",
+    "surprise": "surprise", "surprised": "surprise", "su": "surprise",
+    "neutral": "neutral", "ne": "neutral",
+    "contempt": "contempt",
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One configuration key: its default, accepted type(s), allowed values and meaning."""
+
+    default: Any
+    types: tuple[type, ...]
+    help: str
+    choices: tuple[Any, ...] | None = None
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    item_types: tuple[type, ...] | None = None  # element type for lists
+
+    def type_name(self) -> str:
+        names = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "mapping"}
+        text = " | ".join(names.get(t, t.__name__) for t in self.types)
+        if self.item_types:
+            text += f" of {' | '.join(names.get(t, t.__name__) for t in self.item_types)}"
+        return text + (" | null" if self.nullable else "")
+
+
+def _p(default, types, help, **kw) -> Param:
+    types = types if isinstance(types, tuple) else (types,)
+    return Param(default, types, help, **kw)
+
+
+# Top-level keys that are not sections.
+GLOBAL_SCHEMA: dict[str, Param] = {
+    "workdir": _p("work", str, "Work directory; one sub-folder per stage."),
+    "seed": _p(42, int, "Global random seed (splits, augmentation, training)."),
+}
+
+SCHEMA: dict[str, dict[str, Param]] = {
+    "index": {
+        "root": _p(None, str, "Dataset folder (videos or frame-sequence folders).", nullable=True),
+        "preset": _p("bu4dfe", str, "How subject and label are read from each path.",
+                     choices=("bu4dfe", "folder-per-label", "ckplus", "regex", "csv")),
+        "pattern": _p(None, str, "Regex over the relative path with named groups "
+                      "`subject` and `label` (preset `regex`).", nullable=True),
+        "csv": _p(None, str, "CSV with columns path,subject,label (preset `csv`); "
+                  "paths relative to `root`.", nullable=True),
+        "classes": _p(list(THESIS_CLASSES), list, "Class list, in output order "
+                      "(thesis: the 6 basic emotions).", item_types=(str,)),
+        "synonyms": _p({}, dict, "Extra label synonyms, e.g. {joy: happy}; merged over the "
+                       "built-in ones (anger->angry, happiness->happy, sadness->sad, ...)."),
+        "exclude_subjects": _p([], list, "Subjects left out (the thesis drops F016).",
+                               item_types=(str,)),
+        "video_extensions": _p([".avi", ".mp4", ".mkv", ".mov"], list,
+                               "File endings treated as videos.", item_types=(str,)),
+        "sequence_fps": _p(25.0, (int, float), "Frame rate assumed for frame-sequence folders "
+                           "(BU-4DFE records 25 fps).", min=1),
+    },
+    "split": {
+        "folds": _p(5, int, "Number of cross-validation folds (thesis 3.2.2: k=5).", min=2),
+        "test_fraction": _p(0.2, float, "Share of subjects held out as the test set "
+                            "(thesis Figure 3.6: 20 of 100).", min=0.0, max=0.9),
+        "test_subjects": _p(None, list, "Explicit test subjects (overrides test_fraction).",
+                            nullable=True, item_types=(str,)),
+        "fold_subjects": _p(None, list, "Explicit folds: a list of subject lists "
+                            "(reproduces a published split).", nullable=True, item_types=(list,)),
+        "seed": _p(None, int, "Split seed; null uses the global seed.", nullable=True),
+    },
+}
+
+
+@dataclass
+class Config:
+    """The resolved configuration plus where each value came from."""
+
+    data: dict[str, Any]
+    path: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+
+    def __getitem__(self, section: str) -> Any:
+        return self.data[section]
+
+    @property
+    def workdir(self) -> Path:
+        base = self.path.parent if self.path is not None else Path.cwd()
+        return (base / self.data["workdir"]).resolve()
+
+    def section_hash(self, section: str) -> str:
+        return params_hash(self.data[section])
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.data, sort_keys=False, default_flow_style=None)
+
+
+def params_hash(params: Any) -> str:
+    """Stable hash of parameters, as DVC does: JSON with sorted keys."""
+    text = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def defaults() -> dict[str, Any]:
+    data = {key: copy.deepcopy(p.default) for key, p in GLOBAL_SCHEMA.items()}
+    for section, params in SCHEMA.items():
+        data[section] = {key: copy.deepcopy(p.default) for key, p in params.items()}
+    return data
+
+
+def _check_value(name: str, value: Any, p: Param) -> Any:
+    """Validate one value against its declaration; return it (ints promoted to float)."""
+    if value is None:
+        if p.nullable:
+            return None
+        raise ConfigError(f"{name} may not be null; expected {p.type_name()}")
+    if float in p.types and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    ok = isinstance(value, p.types) and not (isinstance(value, bool) and bool not in p.types)
+    if not ok:
+        raise ConfigError(f"{name}: expected {p.type_name()}, got {type(value).__name__} "
+                          f"{value!r}")
+    if p.choices is not None and value not in p.choices:
+        allowed = ", ".join(map(str, p.choices))
+        raise ConfigError(f"{name}: {value!r} is not allowed; choose one of: {allowed}")
+    if p.min is not None and value < p.min or p.max is not None and value > p.max:
+        raise ConfigError(f"{name}: {value!r} is out of range [{p.min}, {p.max}]")
+    if p.item_types and isinstance(value, list):
+        for element in value:
+            if not isinstance(element, p.item_types):
+                raise ConfigError(f"{name}: every element must be "
+                                  f"{'/'.join(t.__name__ for t in p.item_types)}, "
+                                  f"got {element!r}")
+    return value
+
+
+def _merge(data: dict, update: dict) -> None:
+    for key, value in update.items():
+        if key in GLOBAL_SCHEMA:
+            data[key] = _check_value(key, value, GLOBAL_SCHEMA[key])
+        elif key in SCHEMA:
+            if not isinstance(value, dict):
+                raise ConfigError(f"section `{key}` must be a mapping")
+            for sub, sub_value in value.items():
+                if sub not in SCHEMA[key]:
+                    allowed = ", ".join(SCHEMA[key])
+                    raise ConfigError(f"unknown key `{key}.{sub}`; "
+                                      f"allowed keys in `{key}`: {allowed}")
+                data[key][sub] = _check_value(f"{key}.{sub}", sub_value, SCHEMA[key][sub])
+        else:
+            allowed = ", ".join([*GLOBAL_SCHEMA, *SCHEMA])
+            raise ConfigError(f"unknown key `{key}`; allowed top-level keys: {allowed}")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``section.key=value`` -> (["section", "key"], value parsed as YAML scalar/list)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. "
+                          "--set split.folds=10")
+    dotted, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return dotted.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Resolve defaults < file < overrides and validate every key."""
+    data = defaults()
+    config_path: Path | None = None
+    if path is not None or Path(DEFAULT_CONFIG_FILE).exists():
+        config_path = Path(path if path is not None else DEFAULT_CONFIG_FILE).resolve()
+        if not config_path.is_file():
+            raise ConfigError("config file not found", path=path,
+                              hint="Check the path given to --config")
+        try:
+            loaded = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            where = f" (line {line + 1})" if line is not None else ""
+            raise ConfigError(f"not valid YAML{where}", path=config_path,
+                              hint="Fix the syntax or regenerate it with `fer config init`")
+        if not isinstance(loaded, dict):
+            raise ConfigError("top level must be a mapping of sections", path=config_path)
+        try:
+            _merge(data, loaded)
+        except ConfigError as exc:
+            raise ConfigError(str(exc), path=config_path) from None
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for key in reversed(keys):
+            nested = {key: nested}
+        try:
+            _merge(data, nested)
+        except ConfigError as exc:
+            raise ConfigError(str(exc), path=f"--set {text}") from None
+    return Config(data=data, path=config_path, overrides=list(overrides or []))
+
+
+def reference_markdown() -> str:
+    """The config reference table for the README (a test keeps the README in sync)."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+
+    def row(name: str, p: Param) -> None:
+        default = json.dumps(p.default)
+        choices = f" One of: {', '.join(map(str, p.choices))}." if p.choices else ""
+        lines.append(f"| `{name}` | {p.type_name()} | `{default}` | {p.help}{choices} |")
+
+    for key, p in GLOBAL_SCHEMA.items():
+        row(key, p)
+    for section, params in SCHEMA.items():
+        for key, p in params.items():
+            row(f"{section}.{key}", p)
+    return "\n".join(lines)

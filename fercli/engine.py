@@ -1,0 +1,354 @@
+"""The resumable stage engine: skip what is up to date, resume per item, shard, record.
+
+A stage declares its upstream stages and config sections, lists its items (each with a
+fingerprint of its inputs), processes one item at a time (pure work, returning files and a
+small info dict) and finalizes stage-level outputs once every item has a record.
+
+Up-to-date rule (DVC-like, cheap checks first): the manifest exists, the stage's own
+parameter hash is unchanged, every upstream stage is up to date and its output hash equals
+the one this manifest consumed. Per item, a record is reused when its key (parameters +
+the item's input fingerprint) is unchanged, so a killed run restarts at the first
+unfinished item and a repaired item is redone alone.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+from . import __version__
+from .config import Config, params_hash
+from .errors import ConfigError, FerError, InputError, ItemError, ItemsFailedError, \
+    MissingUpstreamError
+from .workspace import SCHEMA_VERSION, StageDir, check_item_id, file_entry
+
+
+@dataclass
+class Item:
+    """One unit of per-item work: a video, a sequence, a fold."""
+
+    id: str
+    fingerprint: Any  # JSON-able description of the inputs; changes -> redo the item
+    payload: dict = field(default_factory=dict)
+
+
+@dataclass
+class ItemOutput:
+    files: list[Path] = field(default_factory=list)  # artifacts written (already in place)
+    info: dict = field(default_factory=dict)  # small deterministic results
+
+
+@dataclass
+class Context:
+    """What a stage needs to do its work; picklable so worker processes get it too."""
+
+    config: Config
+    stage: StageDir
+    params: dict
+    upstream: dict[str, StageDir]
+
+    @property
+    def workdir(self) -> Path:
+        return self.stage.workdir
+
+
+class Stage:
+    """Base class of a pipeline stage (one module per stage under fercli/stages/)."""
+
+    name: ClassVar[str]
+    help: ClassVar[str]
+    upstream: ClassVar[tuple[str, ...]] = ()
+    sections: ClassVar[tuple[str, ...]] = ()  # config sections that are its parameters
+    shardable: ClassVar[bool] = True
+
+    def params(self, config: Config) -> dict:
+        return {section: config[section] for section in self.sections}
+
+    def item_params(self, params: dict) -> dict:
+        """The parameters that change per-item results (default: all of them)."""
+        return params
+
+    def source_fingerprint(self, config: Config) -> str | None:
+        """Identity of inputs from outside the workdir (the dataset); None if it has none."""
+        return None
+
+    def list_items(self, ctx: Context) -> list[Item]:
+        raise NotImplementedError
+
+    def process_item(self, ctx: Context, item: Item) -> ItemOutput:
+        raise NotImplementedError
+
+    def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
+        """Write stage-level outputs (tables, plots) from all item records."""
+        return []
+
+
+# --------------------------------------------------------------------------- status
+@dataclass
+class StageState:
+    name: str
+    status: str  # "up to date" | "stale" | "incomplete" | "not run" | "not implemented"
+    reason: str = ""
+    n_items: int = 0
+    n_done: int = 0
+    n_failed: int = 0
+    output_hash: str | None = None
+
+
+def _param_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _param_diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')} {old!r} -> {new!r}"]
+
+
+def stage_states(config: Config, registry: dict[str, Stage | None]) -> dict[str, StageState]:
+    """Status of every stage, in pipeline order; staleness flows downstream."""
+    states: dict[str, StageState] = {}
+    for name, stage in registry.items():
+        if stage is None:
+            states[name] = StageState(name, "not implemented")
+            continue
+        states[name] = _state_of(stage, config, states)
+    return states
+
+
+def _state_of(stage: Stage, config: Config, states: dict[str, StageState]) -> StageState:
+    sdir = StageDir(config.workdir, stage.name)
+    manifest = sdir.read_manifest()
+    if manifest is None:
+        n = len(sdir.record_ids())
+        if n:
+            return StageState(stage.name, "incomplete",
+                              f"{n} item records, no manifest (killed or other shards running)",
+                              n_done=n)
+        return StageState(stage.name, "not run")
+    items = manifest.get("items", {})
+    state = StageState(stage.name, "up to date", n_items=len(items),
+                       n_done=sum(r.get("status") == "done" for r in items.values()),
+                       n_failed=sum(r.get("status") == "failed" for r in items.values()),
+                       output_hash=manifest.get("output_hash"))
+    reasons = []
+    diff = _param_diff(manifest.get("params"), stage.params(config))
+    if diff:
+        reasons.append("params changed: " + "; ".join(diff))
+    try:
+        sources = stage.source_fingerprint(config)
+    except FerError as exc:
+        sources = f"unreadable: {exc}"
+    if sources != manifest.get("sources"):
+        reasons.append("source files changed" if not str(sources).startswith("unreadable")
+                       else str(sources))
+    for up in stage.upstream:
+        up_state = states.get(up)
+        if up_state is None or up_state.status != "up to date":
+            reasons.append(f"upstream `{up}` is {up_state.status if up_state else 'unknown'}")
+        elif manifest.get("upstream", {}).get(up) != up_state.output_hash:
+            reasons.append(f"upstream `{up}` changed")
+    if reasons:
+        state.status, state.reason = "stale", "; ".join(reasons)
+    return state
+
+
+# --------------------------------------------------------------------------- running
+@dataclass
+class StageResult:
+    name: str
+    skipped: bool
+    n_items: int = 0
+    n_processed: int = 0
+    n_reused: int = 0
+    n_failed: int = 0
+    complete: bool = True
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected K/N, e.g. --shard 1/4") from None
+    if not 1 <= k <= n:
+        raise ConfigError(f"--shard {text!r}: K must be between 1 and N")
+    return k, n
+
+
+def _run_one(stage: Stage, ctx: Context, item: Item) -> tuple[str, dict]:
+    """Worker entry: process one item; expected failures become a failed record."""
+    started = time.perf_counter()
+    try:
+        output = stage.process_item(ctx, item)
+    except ItemError as exc:
+        return "failed", {"reason": str(exc), "seconds": time.perf_counter() - started}
+    except FerError as exc:
+        return "failed", {"reason": str(exc), "retry": True,
+                          "seconds": time.perf_counter() - started}
+    except Exception as exc:  # noqa: BLE001 - one bad item must not stop the others
+        return "failed", {"reason": f"unexpected {type(exc).__name__}: {exc}", "retry": True,
+                          "traceback": traceback.format_exc(limit=5),
+                          "seconds": time.perf_counter() - started}
+    return "done", {"outputs": [file_entry(p, ctx.workdir) for p in output.files],
+                    "info": output.info, "seconds": time.perf_counter() - started}
+
+
+def run_stage(stage: Stage, config: Config, registry: dict[str, Stage | None], *,
+              force: bool = False, shard: tuple[int, int] | None = None, workers: int = 1,
+              console: Console | None = None) -> StageResult:
+    console = console or Console(stderr=True)
+    if shard and not stage.shardable:
+        raise ConfigError(f"`fer {stage.name}` cannot be sharded; run it without --shard")
+    states = stage_states(config, registry)
+    upstream_dirs, upstream_hashes = {}, {}
+    for up in stage.upstream:
+        st = states[up]
+        if st.status != "up to date":
+            why = f" ({st.reason})" if st.reason else ""
+            raise MissingUpstreamError(f"stage `{up}` is {st.status}{why}",
+                                       hint=f"Run `fer {up}` first")
+        upstream_dirs[up] = StageDir(config.workdir, up)
+        upstream_hashes[up] = st.output_hash
+    if states[stage.name].status == "up to date" and not force:
+        st = states[stage.name]
+        extra = f", {st.n_failed} failed" if st.n_failed else ""
+        console.print(f"[green]{stage.name}[/]: up to date ({st.n_items} items{extra}); "
+                      "nothing to do (use --force to redo)")
+        return StageResult(stage.name, skipped=True, n_items=st.n_items, n_failed=st.n_failed)
+
+    sdir = StageDir(config.workdir, stage.name)
+    params = stage.params(config)
+    ctx = Context(config=config, stage=sdir, params=params, upstream=upstream_dirs)
+    phash = params_hash(params)
+    with sdir.lock(shard):
+        sources = stage.source_fingerprint(config)
+        if shard is None or force:
+            sdir.remove_manifest()
+        items = stage.list_items(ctx)
+        seen: set[str] = set()
+        for item in items:
+            check_item_id(item.id, item.payload.get("path"))
+            if item.id in seen:
+                raise InputError(f"two items share the id {item.id!r}",
+                                 path=item.payload.get("path"),
+                                 hint="Rename one of them; ids come from file names")
+            seen.add(item.id)
+        mine = items if shard is None else items[shard[0] - 1::shard[1]]
+        item_phash = params_hash(stage.item_params(params))
+        keys = {item.id: params_hash({"params": item_phash, "input": item.fingerprint})
+                for item in items}
+
+        def reusable(item: Item) -> dict | None:
+            record = sdir.read_record(item.id)
+            if record and record.get("key") == keys[item.id] and not record.get("retry"):
+                return record
+            return None
+
+        todo = [item for item in mine if force or reusable(item) is None]
+        result = StageResult(stage.name, skipped=False, n_items=len(items),
+                             n_reused=len(mine) - len(todo))
+        if result.n_reused:
+            console.print(f"{stage.name}: {result.n_reused} items already done, "
+                          f"{len(todo)} to do")
+        for item, status, data in _process(stage, ctx, todo, workers, console):
+            record = {"id": item.id, "key": keys[item.id], "status": status, **data}
+            sdir.write_record(record)
+            result.n_processed += 1
+            if status == "failed":
+                console.print(f"[red]failed[/] {item.id}: {data['reason']}")
+
+        records = [reusable(item) for item in items]
+        missing = [item.id for item, rec in zip(items, records) if rec is None]
+        if missing:
+            result.complete = False
+            console.print(f"{stage.name}: this shard is done; {len(missing)} of "
+                          f"{len(items)} items wait for other shards (or a re-run)")
+        else:
+            _finish(stage, ctx, records, phash, upstream_hashes, sources, console)
+        result.failures = [(r["id"], r["reason"]) for r in records
+                           if r and r["status"] == "failed"]
+        result.n_failed = len(result.failures)
+    return result
+
+
+def _process(stage: Stage, ctx: Context, todo: list[Item], workers: int, console: Console):
+    """Yield (item, status, data) as items finish, with a progress bar."""
+    if not todo:
+        return
+    columns = (TextColumn(f"[bold]{stage.name}[/]"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[current]}"), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(stage.name, total=len(todo), current="")
+        if workers <= 1 or len(todo) == 1:
+            for item in todo:
+                progress.update(task, current=item.id)
+                status, data = _run_one(stage, ctx, item)
+                progress.advance(task)
+                yield item, status, data
+            return
+        mp = multiprocessing.get_context("spawn")  # no fork of a process holding TF/cv2 state
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp) as pool:
+            futures = {pool.submit(_run_one, stage, ctx, item): item for item in todo}
+            for future in cf.as_completed(futures):
+                item = futures[future]
+                status, data = future.result()
+                progress.update(task, current=item.id)
+                progress.advance(task)
+                yield item, status, data
+
+
+def _finish(stage: Stage, ctx: Context, records: list[dict], phash: str,
+            upstream_hashes: dict[str, str], sources: str | None, console: Console) -> None:
+    """All items have records: write stage outputs, then the manifest (last)."""
+    outputs = [file_entry(p, ctx.workdir) for p in stage.finalize(ctx, records, console)]
+    items = {r["id"]: {k: r[k] for k in ("status", "reason", "outputs", "info") if k in r}
+             for r in records}
+    content = {"params": phash, "items": {i: {k: v for k, v in rec.items() if k != "reason"}
+                                          for i, rec in items.items()},
+               "outputs": [entry["sha256"] for entry in outputs]}
+    manifest = {
+        "schema": SCHEMA_VERSION,
+        "stage": stage.name,
+        "fercli_version": __version__,
+        "params": ctx.params,
+        "params_hash": phash,
+        "upstream": upstream_hashes,
+        "sources": sources,
+        "output_hash": params_hash(content),
+        "outputs": outputs,
+        "items": items,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "host": os.uname().nodename,
+    }
+    ctx.stage.write_manifest(manifest)
+
+
+def summary_table(result: StageResult) -> Table:
+    table = Table(title=f"{result.name}: summary", show_lines=False)
+    for col in ("items", "processed now", "reused", "failed", "complete"):
+        table.add_column(col, justify="right")
+    table.add_row(str(result.n_items), str(result.n_processed), str(result.n_reused),
+                  str(result.n_failed), "yes" if result.complete else "no")
+    return table
+
+
+def raise_if_failed(result: StageResult) -> None:
+    if result.n_failed and not result.skipped:
+        first_id, first_reason = result.failures[0]
+        raise ItemsFailedError(f"{result.n_failed} of {result.n_items} items failed "
+                               f"(first: {first_id}: {first_reason})",
+                               hint=f"See `fer status` and work/{result.name}/records; "
+                                    "the other items are complete")

@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny real datasets (videos and PNG sequences) made on the fly."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = ROOT / "sample_data"
+
+
+def write_video(path: Path, n_frames: int = 8, size=(64, 48), value: int = 0) -> Path:
+    """A small MJPG video whose frames are flat grey levels (real container, real codec)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, size)
+    for i in range(n_frames):
+        writer.write(np.full((size[1], size[0], 3), (value + 10 * i) % 256, np.uint8))
+    writer.release()
+    return path
+
+
+def write_sequence(folder: Path, n_frames: int = 6, size=(40, 30), prefix: str = "",
+                   start: int = 1, skip: int | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(start, start + n_frames):
+        if i == skip:
+            continue
+        frame = np.full((size[1], size[0], 3), 20 * i % 256, np.uint8)
+        cv2.imwrite(str(folder / f"{prefix}{i:08d}.png"), frame)
+    return folder
+
+
+@pytest.fixture
+def bu_videos(tmp_path: Path) -> Path:
+    """BU-4DFE-style flat folder: 6 subjects x 3 labels, lengths differ per subject."""
+    root = tmp_path / "bu"
+    for k, subject in enumerate(["F001", "F002", "F003", "M001", "M002", "M003"]):
+        for label in ["happy", "sad", "Angry"]:
+            write_video(root / f"{subject}_{label}_tex.avi", n_frames=5 + k)
+    return root
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def fer(runner, tmp_path, monkeypatch):
+    """Invoke `fer` in-process inside tmp_path; returns the click Result."""
+    from fercli.cli import app
+
+    monkeypatch.chdir(tmp_path)
+
+    def invoke(*args: str):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+def pytest_configure(config):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

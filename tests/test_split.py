@@ -1,0 +1,81 @@
+import json
+
+import pytest
+
+from fercli.errors import ConfigError
+from fercli.stages.split import expand_subjects, make_split
+
+THESIS_FOLDS = [["F011-F015", "F017-F027"], ["F028-F043"], ["F044-F058", "M011"],
+                ["M012-M027"], ["M028-M043"]]
+THESIS_TEST = ["F001-F010", "M001-M010"]
+
+
+def _bu4dfe_subjects():
+    subjects = [f"F{i:03d}" for i in range(1, 59) if i != 16] + \
+        [f"M{i:03d}" for i in range(1, 44)]
+    return {s: 6 for s in subjects}
+
+
+def test_expand_ranges_keeps_padding():
+    assert expand_subjects(["F008-F011", "M011"]) == ["F008", "F009", "F010", "F011", "M011"]
+
+
+def test_reproduces_the_thesis_split_exactly():
+    split = make_split(_bu4dfe_subjects(), folds=5, test_fraction=0.2, seed=0,
+                       test_subjects=THESIS_TEST, fold_subjects=THESIS_FOLDS)
+    assert len(split["test"]) == 20
+    assert [len(f) for f in split["folds"]] == [16, 16, 16, 16, 16]
+    assert split["folds"][2][-1] == "M011" and "F016" not in sum(split["folds"], [])
+    assert split["unassigned"] == []
+
+
+def test_automatic_split_is_disjoint_balanced_and_deterministic():
+    counts = {f"S{i:03d}": 6 if i % 3 else 5 for i in range(1, 38)}
+    a = make_split(counts, folds=5, test_fraction=0.2, seed=7)
+    b = make_split(counts, folds=5, test_fraction=0.2, seed=7)
+    c = make_split(counts, folds=5, test_fraction=0.2, seed=8)
+    assert a == b and a != c
+    places = a["test"] + sum(a["folds"], [])
+    assert sorted(places) == sorted(counts)          # every subject exactly once
+    assert len(set(places)) == len(places)
+    loads = [sum(counts[s] for s in f) for f in a["folds"]]
+    assert max(loads) - min(loads) <= 6               # balanced by item count
+
+
+def test_subject_in_two_places_is_refused():
+    with pytest.raises(ConfigError, match="F011 in two places"):
+        make_split(_bu4dfe_subjects(), folds=2, test_fraction=0.2, seed=0,
+                   test_subjects=["F011"], fold_subjects=[["F011-F012"], ["F013"]])
+
+
+def test_unknown_subject_in_config_is_refused():
+    with pytest.raises(ConfigError, match="not in the index: X999"):
+        make_split({"A": 1, "B": 1}, folds=2, test_fraction=0.0, seed=0,
+                   test_subjects=[], fold_subjects=[["A"], ["X999"]])
+
+
+def test_split_stage_writes_disjoint_items(fer, bu_videos, tmp_path):
+    assert fer("index", bu_videos).exit_code == 0
+    result = fer("split", "--set", "split.folds=2", "--set", "split.test_fraction=0.34")
+    assert result.exit_code == 0, result.output
+    splits = json.loads((tmp_path / "work/split/splits.json").read_text())
+    test_ids = set(splits["items"]["test"])
+    fold_ids = [set(f) for f in splits["items"]["folds"]]
+    assert len(test_ids) == 6 and all(fold_ids)
+    subjects_of = lambda ids: {i.split("_")[0] for i in ids}  # noqa: E731
+    parts = [subjects_of(test_ids)] + [subjects_of(f) for f in fold_ids]
+    for i, a in enumerate(parts):
+        for b in parts[i + 1:]:
+            assert not a & b
+    assert len(test_ids | set().union(*fold_ids)) == 18
+
+
+def test_split_from_config_file(fer, bu_videos, tmp_path):
+    (tmp_path / "fer.yaml").write_text(
+        f"index:\n  root: {bu_videos}\nsplit:\n  test_subjects: [F001, M001]\n"
+        "  fold_subjects: [[F002-F003], [M002-M003]]\n")
+    assert fer("index").exit_code == 0
+    assert fer("split").exit_code == 0
+    splits = json.loads((tmp_path / "work/split/splits.json").read_text())
+    assert splits["subjects"]["test"] == ["F001", "M001"]
+    assert splits["subjects"]["folds"] == [["F002", "F003"], ["M002", "M003"]]
