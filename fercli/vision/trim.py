@@ -1,0 +1,342 @@
+"""Cut the neutral onset and offset frames of a face clip (thesis 3.2.1, Algorithm 1).
+
+Pure cores of ``fer trim``: the cutting rule on a per-frame expression score, the two score
+sources (OpenFace AU intensities as in the thesis, or a tool-free motion proxy), and the
+manual decisions for clips the rule refuses to cut ("anomaly").
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import chain, islice
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import yaml
+
+from fercli.errors import ConfigError, ItemError
+
+TrimStatus = Literal["trimmed", "anomaly", "flat", "override"]
+
+OPENFACE_HINT = "run OpenFace FeatureExtraction on the clip or use trim.score=motion"
+OVERRIDES_HINT = (
+    "write one decision per item: CSV columns item_id,first,last or YAML item_id: [first, last], "
+    "with 0 <= first <= last (inclusive frame indices)"
+)
+_AU_INTENSITY = re.compile(r"AU\d\d_r")
+_BLINK_COLUMN = "AU45_r"
+
+
+@dataclass(frozen=True)
+class TrimResult:
+    """Which frames of a clip to keep and why.
+
+    ``first`` and ``last`` are inclusive indices of the kept frames. ``threshold`` and
+    ``max_score`` are None for a manual override, which is decided without scores.
+    """
+
+    first: int
+    last: int
+    status: TrimStatus
+    threshold: float | None
+    max_score: float | None
+    n_cut_start: int
+    n_cut_end: int
+
+
+def trim_range(
+    scores: Sequence[float],
+    min_frames_end: int = 10,
+    threshold_ratio: float = 0.5,
+    max_cut_ratio: float = 0.5,
+    anomaly_last_frames: int = 20,
+) -> TrimResult:
+    """Apply thesis Algorithm 1 (sec. 3.2.1) to one clip's per-frame scores.
+
+    Reading of the pseudo-code, by its line numbers:
+
+    - l.2: threshold = ``threshold_ratio`` x the maximum score; a frame is neutral when its
+      score is strictly below it.
+    - l.3: max_frames = floor(length x ``max_cut_ratio``): frames are whole, so an odd length
+      keeps the middle frame.
+    - l.4-5, l.21: one counter ``i`` walks inwards from both ends at once.
+    - l.6-11 run before l.12-17 in each iteration: the start side looks at frame ``i``, then
+      the end side at frame ``length-1-i``.
+    - l.10/l.16 "stop cutting" is final: a side that met a frame at or above the threshold
+      never resumes, since cutting past a kept frame would make the clip non-contiguous.
+    - l.13: the end side cuts while ``i < min_frames_end`` whatever the score, so at least
+      ``min_frames_end`` tail frames go (the thesis found the offset long).
+    - l.18: the loop ends when both sides stopped or the cut count reached max_frames. The
+      pseudo-code tests the cap once per iteration, so when both sides cut in the iteration
+      that crosses it the total could exceed 50% by one frame; the prose says the cut "should
+      not exceed 50%", so the cap is tested before every single cut instead. The two readings
+      differ by at most that one end frame; in return more than half the clip (and so at
+      least one frame) is always kept, however short the clip.
+
+    Before the loop, as in the prose: when the first maximum lies in the last
+    ``anomaly_last_frames`` frames (a smile, blink or head move at the offset), the clip is
+    marked ``anomaly`` and kept whole for a manual decision (see ``load_overrides``). Clips
+    no longer than ``anomaly_last_frames`` are therefore always anomalies; 0 disables the
+    rule. A clip whose maximum score is not positive carries no expression signal (e.g. OpenFace
+    lost the face throughout); it is kept whole with status ``flat`` rather than losing its
+    last ``min_frames_end`` frames to a meaningless threshold of 0.
+    """
+    values = np.asarray(scores, dtype=np.float64)
+    _check_trim_arguments(values, min_frames_end, threshold_ratio, max_cut_ratio,
+                          anomaly_last_frames)
+    length = len(values)
+    peak = int(np.argmax(values))
+    max_score = float(values[peak])
+    threshold = threshold_ratio * max_score
+    if max_score <= 0:
+        return TrimResult(0, length - 1, "flat", threshold, max_score, 0, 0)
+    if peak >= length - anomaly_last_frames:
+        return TrimResult(0, length - 1, "anomaly", threshold, max_score, 0, 0)
+
+    max_frames = math.floor(length * max_cut_ratio)
+    n_cut_start = n_cut_end = 0
+    cutting_start = cutting_end = True
+    i = 0
+    while True:
+        if cutting_start and n_cut_start + n_cut_end < max_frames:
+            if values[i] < threshold:
+                n_cut_start += 1
+            else:
+                cutting_start = False
+        if cutting_end and n_cut_start + n_cut_end < max_frames:
+            if values[length - 1 - i] < threshold or i < min_frames_end:
+                n_cut_end += 1
+            else:
+                cutting_end = False
+        if not (cutting_start or cutting_end) or n_cut_start + n_cut_end >= max_frames:
+            break
+        i += 1
+    return TrimResult(n_cut_start, length - 1 - n_cut_end, "trimmed", threshold, max_score,
+                      n_cut_start, n_cut_end)
+
+
+def _check_trim_arguments(
+    values: np.ndarray,
+    min_frames_end: int,
+    threshold_ratio: float,
+    max_cut_ratio: float,
+    anomaly_last_frames: int,
+) -> None:
+    """Reject inputs on which Algorithm 1 has no meaning, before any cutting."""
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError(f"scores must be a non-empty 1-D sequence, got shape {values.shape}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError("scores contain NaN or infinite values")
+    if min_frames_end < 0 or anomaly_last_frames < 0:
+        raise ValueError("min_frames_end and anomaly_last_frames must be >= 0")
+    if not 0 < threshold_ratio <= 1:
+        raise ValueError(f"threshold_ratio must be in (0, 1], got {threshold_ratio}")
+    if not 0 <= max_cut_ratio <= 1:
+        raise ValueError(f"max_cut_ratio must be in [0, 1], got {max_cut_ratio}")
+
+
+def apply_override(n_frames: int, first: int, last: int) -> TrimResult:
+    """Keep the manually chosen inclusive range ``first..last`` of an ``n_frames`` clip."""
+    if not 0 <= first <= last < n_frames:
+        raise ItemError(
+            f"override range [{first}, {last}] does not fit a clip of {n_frames} frames",
+            hint=f"choose 0 <= first <= last <= {n_frames - 1} in the overrides file",
+        )
+    return TrimResult(first, last, "override", None, None, first, n_frames - 1 - last)
+
+
+def motion_scores(
+    frames: Iterable[np.ndarray], n_reference: int = 5, blur_sigma: float = 1.5
+) -> np.ndarray:
+    """Per-frame distance from the clip's neutral onset face, a tool-free AU-curve proxy.
+
+    Score = mean absolute gray-level difference between the frame and a reference face, both
+    blurred (``blur_sigma`` pixels) so sensor noise and compression speckle do not count. The
+    reference is the pixel-wise median of the first ``n_reference`` frames, so one blink
+    among them does not shift it. In a neutral -> apex -> neutral clip (BU-4DFE) the face
+    departs from the onset face as the expression builds and comes back at the offset, which
+    gives the rise and fall the thesis reads from AU intensities (Figure 3.3). It measures
+    any change from the onset face: head motion and lighting changes count too, which is why
+    Algorithm 1's anomaly rule and manual overrides still matter.
+
+    Frames stream through: only the ``n_reference`` first frames are held at once.
+    """
+    if n_reference < 1:
+        raise ValueError(f"n_reference must be >= 1, got {n_reference}")
+    iterator = iter(frames)
+    head = [_smoothed_gray(frame, blur_sigma) for frame in islice(iterator, n_reference)]
+    if not head:
+        raise ItemError("the face clip has no frames", hint="re-run the track stage for it")
+    shape = head[0].shape
+    for index, gray in enumerate(head):
+        _require_shape(gray, shape, index)
+    reference = np.median(np.stack(head), axis=0)
+    grays = chain(head, (_smoothed_gray(frame, blur_sigma) for frame in iterator))
+    scores = []
+    for index, gray in enumerate(grays):
+        _require_shape(gray, shape, index)
+        scores.append(float(np.mean(np.abs(gray - reference))))
+    return np.asarray(scores, dtype=np.float64)
+
+
+def _smoothed_gray(frame: np.ndarray, blur_sigma: float) -> np.ndarray:
+    """Gray float32 image, Gaussian-blurred; BGR, BGRA and single-channel frames accepted."""
+    image = np.asarray(frame)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3:
+        code = cv2.COLOR_BGRA2GRAY if image.shape[2] == 4 else cv2.COLOR_BGR2GRAY
+        image = cv2.cvtColor(image, code)
+    gray = image.astype(np.float32)
+    if blur_sigma > 0:
+        gray = cv2.GaussianBlur(gray, (0, 0), blur_sigma)
+    return gray
+
+
+def _require_shape(gray: np.ndarray, shape: tuple[int, ...], index: int) -> None:
+    """A clip's frames must share one size, or pixel differences mean nothing."""
+    if gray.shape != shape:
+        raise ItemError(
+            f"frame {index} is {gray.shape[1]}x{gray.shape[0]} but frame 0 is "
+            f"{shape[1]}x{shape[0]}",
+            hint="re-run the track stage so every face crop has the same size",
+        )
+
+
+def openface_scores(csv_path: str | Path) -> np.ndarray:
+    """Per-frame mean AU intensity from an OpenFace 2.0 FeatureExtraction CSV (thesis 3.2.1).
+
+    Averages the ``AUxx_r`` intensity columns (0-5) without AU45, whose blinks the thesis
+    found to add noise. OpenFace pads header names with a space (`` AU01_r``), so names are
+    stripped. Rows with ``success`` 0 had no face: they score 0 (neutral) rather than NaN, so
+    a lost face at either end is cut like a neutral one and Algorithm 1 needs no NaN rule.
+    """
+    path = Path(csv_path)
+    if not path.is_file():
+        raise ItemError("OpenFace CSV not found", path=path, hint=OPENFACE_HINT)
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle, skipinitialspace=True)
+        header = [name.strip() for name in next(reader, [])]
+        au_columns = [
+            j for j, name in enumerate(header)
+            if _AU_INTENSITY.fullmatch(name) and name != _BLINK_COLUMN
+        ]
+        if not au_columns:
+            raise ItemError("no AU intensity columns (AU01_r ...) in the CSV header",
+                            path=path, hint=OPENFACE_HINT)
+        success = header.index("success") if "success" in header else None
+        needed = max(au_columns + ([success] if success is not None else [])) + 1
+        scores = []
+        for row in reader:
+            if not row:
+                continue
+            if len(row) < needed:
+                raise ItemError(f"line {reader.line_num} has {len(row)} fields, the header "
+                                f"{len(header)}", path=path, hint=OPENFACE_HINT)
+            if success is not None and _number(row, success, header, reader, path) == 0:
+                scores.append(0.0)
+                continue
+            scores.append(float(np.mean([_number(row, j, header, reader, path)
+                                         for j in au_columns])))
+    if not scores:
+        raise ItemError("the OpenFace CSV has a header but no frames", path=path,
+                        hint=OPENFACE_HINT)
+    return np.asarray(scores, dtype=np.float64)
+
+
+def _number(row: list[str], column: int, header: list[str], reader, path: Path) -> float:
+    """One numeric field, or an ItemError that names the line and column."""
+    try:
+        return float(row[column])
+    except ValueError:
+        raise ItemError(f"line {reader.line_num}: {header[column]} is not a number "
+                        f"({row[column]!r})", path=path, hint=OPENFACE_HINT) from None
+
+
+def load_overrides(path: str | Path) -> dict[str, tuple[int, int]]:
+    """Manual keep ranges for clips Algorithm 1 marked ``anomaly`` (thesis 3.2.1).
+
+    ``.csv``: header ``item_id,first,last``, one row per item. ``.yaml``/``.yml``: a mapping
+    ``item_id: [first, last]``. Ranges are inclusive frame indices; whether they fit the clip
+    is checked later by ``apply_override``, which knows its length.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("overrides file not found", path=path, hint=OVERRIDES_HINT)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _overrides_from_csv(path)
+    if suffix in (".yaml", ".yml"):
+        return _overrides_from_yaml(path)
+    raise ConfigError(f"unknown overrides format {suffix!r}; expected .csv, .yaml or .yml",
+                      path=path, hint=OVERRIDES_HINT)
+
+
+def _overrides_from_csv(path: Path) -> dict[str, tuple[int, int]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle, skipinitialspace=True)
+        header = [name.strip() for name in next(reader, [])]
+        if header != ["item_id", "first", "last"]:
+            raise ConfigError(f"line 1: header is {','.join(header)!r}, expected "
+                              "'item_id,first,last'", path=path, hint=OVERRIDES_HINT)
+        overrides: dict[str, tuple[int, int]] = {}
+        for row in reader:
+            if not row:
+                continue
+            where = f"line {reader.line_num}"
+            if len(row) != 3 or not row[0].strip():
+                raise ConfigError(f"{where}: expected item_id,first,last, got {','.join(row)!r}",
+                                  path=path, hint=OVERRIDES_HINT)
+            item_id = row[0].strip()
+            bounds = []
+            for text in row[1:]:
+                try:
+                    bounds.append(int(text.strip()))
+                except ValueError:
+                    raise ConfigError(f"{where}: {text.strip()!r} is not a frame index",
+                                      path=path, hint=OVERRIDES_HINT) from None
+            _add_override(overrides, item_id, bounds, where, path)
+    return overrides
+
+
+def _overrides_from_yaml(path: Path) -> dict[str, tuple[int, int]]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ConfigError(f"{where}not valid YAML", path=path, hint=OVERRIDES_HINT) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping item_id: [first, last], got a "
+                          f"{type(data).__name__}", path=path, hint=OVERRIDES_HINT)
+    overrides: dict[str, tuple[int, int]] = {}
+    for item_id, bounds in data.items():
+        if not isinstance(item_id, str):
+            raise ConfigError(f"key {item_id!r} is not a string; quote item ids such as '001'",
+                              path=path, hint=OVERRIDES_HINT)
+        if not (isinstance(bounds, list) and len(bounds) == 2
+                and all(isinstance(b, int) and not isinstance(b, bool) for b in bounds)):
+            raise ConfigError(f"key {item_id!r}: expected [first, last] frame indices, got "
+                              f"{bounds!r}", path=path, hint=OVERRIDES_HINT)
+        _add_override(overrides, item_id, bounds, f"key {item_id!r}", path)
+    return overrides
+
+
+def _add_override(overrides: dict[str, tuple[int, int]], item_id: str, bounds: list[int],
+                  where: str, path: Path) -> None:
+    """Record one decision after the checks that need no clip length."""
+    first, last = bounds
+    if not 0 <= first <= last:
+        raise ConfigError(f"{where}: range [{first}, {last}] needs 0 <= first <= last",
+                          path=path, hint=OVERRIDES_HINT)
+    if item_id in overrides:
+        raise ConfigError(f"{where}: item {item_id!r} appears twice", path=path,
+                          hint=OVERRIDES_HINT)
+    overrides[item_id] = (first, last)
