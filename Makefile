@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FER := $(BIN)/fer
-DEMO_DIR ?= demo-work
+
 
 .PHONY: setup demo test test-fast bench lint clean sample-data
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	bash scripts/demo.sh $(DEMO_DIR)
+	bash scripts/demo.sh
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -37,4 +37,4 @@ sample-data: $(STAMP)
 	$(FER) sample-data sample_data --force
 
 clean:
-	rm -rf $(DEMO_DIR) .pytest_cache
+	rm -rf demo-work .pytest_cache

@@ -115,9 +115,40 @@ def _index_command():
     app.command("index")(index)
 
 
+def _track_command():
+    @handle_errors
+    def track(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+              force: bool = typer.Option(False, "--force", help="Redo even if up to date."),
+              shard: Optional[str] = typer.Option(None, "--shard", help="K/N share of the "
+                                                  "items (array jobs)."),
+              workers: int = typer.Option(1, "--workers", "-j", help="Items in parallel."),
+              compare: Optional[str] = typer.Option(None, "--compare", help="Compare "
+                                                    "trackers instead, e.g. "
+                                                    "medianflow,kcf,csrt (paper 000 Table 1)."),
+              limit: int = typer.Option(24, "--limit", help="Items used by --compare.")):
+        """Track each detected face, crop and resize it, write a lossless clip and boxes.
+
+        With --compare, run several trackers on --limit items and print their failures,
+        time and frames/s instead (writes work/track/compare/trackers.csv).
+        """
+        cfg = load_config(config, set_)
+        if compare:
+            from .engine import context_for
+            from .stages.track import run_comparison
+
+            ctx = context_for(PIPELINE["track"], cfg, PIPELINE)
+            run_comparison(ctx, [n.strip() for n in compare.split(",") if n.strip()], limit,
+                           console)
+            return
+        raise_if_failed(_run("track", cfg, force, shard, workers))
+
+    app.command("track")(track)
+
+
 _index_command()
+_track_command()
 for _name, _stage in PIPELINE.items():
-    if _stage is not None and _name != "index":
+    if _stage is not None and _name not in ("index", "track"):
         _make_stage_command(_name)
 
 

@@ -97,6 +97,46 @@ SCHEMA: dict[str, dict[str, Param]] = {
                             "(reproduces a published split).", nullable=True, item_types=(list,)),
         "seed": _p(None, int, "Split seed; null uses the global seed.", nullable=True),
     },
+    "detect": {
+        "detector": _p("haar", str, "Face detector (thesis 3.2.1: Haar cascade).",
+                       choices=("haar", "yunet")),
+        "scale_factor": _p(1.1, float, "Haar scaleFactor (paper 000 sec. 2.2).", min=1.01),
+        "min_neighbors": _p(10, int, "Haar minNeighbors (paper 000 sec. 2.2).", min=0),
+        "min_size": _p(30, int, "Smallest face side in pixels (paper 000: 30x30).", min=1),
+        "frames_allowed": _p(10, int, "Try the first N frames until exactly one face is "
+                             "found (paper 000: 10).", min=1),
+        "extend_px": _p(10, int, "Pixels added to the box height, at the chin (thesis 3.2.1).",
+                        min=0),
+        "model_path": _p(None, str, "ONNX model for detector `yunet` "
+                         "(face_detection_yunet_2023mar.onnx).", nullable=True),
+        "score_threshold": _p(0.8, float, "Minimum score for detector `yunet`.", min=0, max=1),
+    },
+    "track": {
+        "tracker": _p("medianflow", str, "OpenCV tracker (thesis 3.2.1 chose MedianFlow).",
+                      choices=("medianflow", "kcf", "csrt", "mosse", "mil", "tld", "boosting")),
+        "size": _p(160, int, "Side of the square face crop (paper 000: 160x160).", min=16),
+        "color": _p(True, bool, "Keep colour (false: gray clips)."),
+        "codec": _p("ffv1", str, "Lossless codec: ffv1 (.mkv, exact for colour and gray) or "
+                    "huffyuv (.avi, colour only, as in paper 000).", choices=("ffv1", "huffyuv")),
+        "redetect_tries": _p(3, int, "Frames in which to re-detect a lost face before the "
+                             "item fails.", min=0),
+    },
+    "trim": {
+        "score": _p("motion", str, "Per-frame expression score: motion (from the clip) or "
+                    "openface (AU intensities, thesis 3.2.1).", choices=("motion", "openface")),
+        "openface_dir": _p(None, str, "Folder of OpenFace CSVs named <item_id>.csv "
+                           "(score `openface`).", nullable=True),
+        "min_frames_end": _p(10, int, "Frames always cut from the end (Algorithm 1).", min=0),
+        "threshold_ratio": _p(0.5, float, "Cut while the score is below this share of the "
+                              "maximum (Algorithm 1).", min=0, max=1),
+        "max_cut_ratio": _p(0.5, float, "Never cut more than this share of the frames "
+                            "(Algorithm 1).", min=0, max=1),
+        "anomaly_last_frames": _p(20, int, "Maximum in the last N frames: mark 'anomaly', "
+                                  "keep whole (thesis 3.2.1; 0 turns the rule off).", min=0),
+        "overrides": _p(None, str, "CSV (item_id,first,last) or YAML of manual trims "
+                        "for anomalies.", nullable=True),
+        "plot_examples": _p(6, int, "Score-curve PNGs to draw (plus every anomaly).", min=0),
+    },
 }
 
 
@@ -111,10 +151,14 @@ class Config:
     def __getitem__(self, section: str) -> Any:
         return self.data[section]
 
+    def resolve_path(self, value: str | Path) -> Path:
+        """Relative paths in a config file are relative to that file's folder."""
+        base = self.path.parent if self.path is not None else Path.cwd()
+        return (base / Path(value).expanduser()).resolve()
+
     @property
     def workdir(self) -> Path:
-        base = self.path.parent if self.path is not None else Path.cwd()
-        return (base / self.data["workdir"]).resolve()
+        return self.resolve_path(self.data["workdir"])
 
     def section_hash(self, section: str) -> str:
         return params_hash(self.data[section])

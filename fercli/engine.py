@@ -61,6 +61,17 @@ class Context:
     def workdir(self) -> Path:
         return self.stage.workdir
 
+    def upstream_items(self, name: str) -> dict[str, dict]:
+        """Done items of an upstream stage: id -> {outputs, info} from its manifest."""
+        manifest = self.upstream[name].read_manifest() or {"items": {}}
+        return {i: rec for i, rec in manifest["items"].items() if rec["status"] == "done"}
+
+    def upstream_item_list(self, name: str, **payload) -> list[Item]:
+        """One item per done upstream item; its fingerprint is that item's record, so an
+        item is redone exactly when its upstream output changed."""
+        return [Item(i, params_hash(rec), {**rec["info"], **payload})
+                for i, rec in self.upstream_items(name).items()]
+
 
 class Stage:
     """Base class of a pipeline stage (one module per stage under fercli/stages/)."""
@@ -187,6 +198,28 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return k, n
 
 
+def _require_upstream(stage: Stage, states: dict[str, StageState]) -> dict[str, str]:
+    """Output hashes of the upstream stages; each must be up to date."""
+    hashes = {}
+    for up in stage.upstream:
+        st = states[up]
+        if st.status != "up to date":
+            why = f" ({st.reason})" if st.reason else ""
+            raise MissingUpstreamError(f"stage `{up}` is {st.status}{why}",
+                                       hint=f"Run `fer {up}` first")
+        hashes[up] = st.output_hash
+    return hashes
+
+
+def context_for(stage: Stage, config: Config, registry: dict[str, Stage | None],
+                states: dict[str, StageState] | None = None) -> Context:
+    """The context a stage runs in, after checking that its upstream stages are done."""
+    _require_upstream(stage, states or stage_states(config, registry))
+    return Context(config=config, stage=StageDir(config.workdir, stage.name),
+                   params=stage.params(config),
+                   upstream={up: StageDir(config.workdir, up) for up in stage.upstream})
+
+
 def _run_one(stage: Stage, ctx: Context, item: Item) -> tuple[str, dict]:
     """Worker entry: process one item; expected failures become a failed record."""
     started = time.perf_counter()
@@ -212,15 +245,7 @@ def run_stage(stage: Stage, config: Config, registry: dict[str, Stage | None], *
     if shard and not stage.shardable:
         raise ConfigError(f"`fer {stage.name}` cannot be sharded; run it without --shard")
     states = stage_states(config, registry)
-    upstream_dirs, upstream_hashes = {}, {}
-    for up in stage.upstream:
-        st = states[up]
-        if st.status != "up to date":
-            why = f" ({st.reason})" if st.reason else ""
-            raise MissingUpstreamError(f"stage `{up}` is {st.status}{why}",
-                                       hint=f"Run `fer {up}` first")
-        upstream_dirs[up] = StageDir(config.workdir, up)
-        upstream_hashes[up] = st.output_hash
+    upstream_hashes = _require_upstream(stage, states)
     if states[stage.name].status == "up to date" and not force:
         st = states[stage.name]
         extra = f", {st.n_failed} failed" if st.n_failed else ""
@@ -228,9 +253,8 @@ def run_stage(stage: Stage, config: Config, registry: dict[str, Stage | None], *
                       "nothing to do (use --force to redo)")
         return StageResult(stage.name, skipped=True, n_items=st.n_items, n_failed=st.n_failed)
 
-    sdir = StageDir(config.workdir, stage.name)
-    params = stage.params(config)
-    ctx = Context(config=config, stage=sdir, params=params, upstream=upstream_dirs)
+    ctx = context_for(stage, config, registry, states)
+    sdir, params = ctx.stage, ctx.params
     phash = params_hash(params)
     with sdir.lock(shard):
         sources = stage.source_fingerprint(config)

@@ -64,3 +64,40 @@ def fer(runner, tmp_path, monkeypatch):
 
 def pytest_configure(config):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def astronaut_face() -> np.ndarray:
+    """The face region of scikit-image's astronaut photo (public domain), BGR."""
+    from skimage import data
+
+    return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)[0:260, 120:330].copy()
+
+
+def write_face_video(path: Path, n_frames: int = 40, faces: int = 1, shift: int = 0) -> Path:
+    """A real face drifting slowly, with a bump of 'expression' (brighter mouth) mid-clip."""
+    face = astronaut_face()
+    width = 120 + 230 * faces
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (width, 300))
+    for i in range(n_frames):
+        frame = np.full((300, width, 3), 90, np.uint8)
+        amp = np.sin(np.pi * i / (n_frames - 1)) ** 2
+        patch = face.copy()
+        patch[150:200] = np.clip(patch[150:200].astype(int) + int(50 * amp), 0, 255)
+        for k in range(faces):
+            x = 40 + 230 * k + shift + i // 8
+            frame[20:280, x:x + 210] = patch
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+@pytest.fixture
+def face_videos(tmp_path: Path) -> Path:
+    """4 subjects x 2 expressions of real-face clips, BU-4DFE names."""
+    root = tmp_path / "faces"
+    root.mkdir()
+    for k, subject in enumerate(["F001", "F002", "M001", "M002"]):
+        for label in ["happy", "sad"]:
+            write_face_video(root / f"{subject}_{label}_tex.avi", n_frames=50 + 2 * k,
+                             shift=3 * k)
+    return root

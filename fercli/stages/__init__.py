@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 from ..engine import Stage
+from .detect import DetectStage
 from .index import IndexStage
 from .split import SplitStage
+from .track import TrackStage
+from .trim import TrimStage
 
 PIPELINE: dict[str, Stage | None] = {
     "index": IndexStage(),
     "split": SplitStage(),
-    "detect": None,
-    "track": None,
-    "trim": None,
+    "detect": DetectStage(),
+    "track": TrackStage(),
+    "trim": TrimStage(),
     "augment": None,
     "extract": None,
     "cv-train": None,

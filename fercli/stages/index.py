@@ -232,11 +232,15 @@ class IndexStage(Stage):
     def params(self, config: Config) -> dict:
         """``index.root`` left unset means: the folder the last `fer index ROOT` used."""
         params = super().params(config)
-        if not params["index"]["root"]:
+        section = dict(params["index"])
+        if not section["root"]:
             manifest = StageDir(config.workdir, self.name).read_manifest()
             if manifest:
-                params["index"] = {**params["index"],
-                                   "root": manifest["params"]["index"]["root"]}
+                section["root"] = manifest["params"]["index"]["root"]
+        for key in ("root", "csv"):  # relative paths are relative to the config file
+            if section[key]:
+                section[key] = str(config.resolve_path(section[key]))
+        params["index"] = section
         return params
 
     def item_params(self, params: dict) -> dict:

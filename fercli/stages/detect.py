@@ -1,0 +1,74 @@
+"""`fer detect`: find the one face of each item in its first frames (thesis 3.2.1).
+
+Detection runs once per video, on the first ``detect.frames_allowed`` frames; tracking then
+follows the face (paper 000 sec. 2.2), which is what makes the preprocessing fast.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from rich.console import Console
+
+from ..config import params_hash
+from ..engine import Context, Item, ItemOutput, Stage
+from ..errors import ConfigError
+from ..media import iter_frames
+from ..vision.detect import Detection, FaceDetector, detect_first_face, make_detector
+from ..workspace import atomic_write_text
+
+
+def detector_from_params(params: dict) -> FaceDetector:
+    """Build the configured detector (shared by detect, track's re-detection and predict)."""
+    if params["detector"] == "yunet":
+        if not params["model_path"]:
+            raise ConfigError("detect.model_path is not set for detector `yunet`",
+                              hint="Download face_detection_yunet_2023mar.onnx from the "
+                                   "OpenCV model zoo and set detect.model_path")
+        return make_detector("yunet", model_path=params["model_path"],
+                             score_threshold=params["score_threshold"])
+    return make_detector("haar", scale_factor=params["scale_factor"],
+                         min_neighbors=params["min_neighbors"], min_size=params["min_size"])
+
+
+class DetectStage(Stage):
+    name = "detect"
+    help = "Find the single face of every item in its first frames (Haar cascade)."
+    upstream = ("index",)
+    sections = ("detect",)
+
+    def list_items(self, ctx: Context) -> list[Item]:
+        return ctx.upstream_item_list("index")
+
+    def process_item(self, ctx: Context, item: Item) -> ItemOutput:
+        params = ctx.params["detect"]
+        detection = _detect(item.payload["path"], params)
+        return ItemOutput(info={"path": item.payload["path"], "frame": detection.frame_index,
+                                "box": list(detection.box), "raw_box": list(detection.raw_box),
+                                "n_frames": item.payload["n_frames"]})
+
+    def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["item_id", "status", "frame", "x", "y", "w", "h", "reason"])
+        for r in records:
+            if r["status"] == "done":
+                writer.writerow([r["id"], "done", r["info"]["frame"], *r["info"]["box"], ""])
+            else:
+                writer.writerow([r["id"], "failed", "", "", "", "", "", r["reason"]])
+        path = ctx.stage.path("detections.csv")
+        atomic_write_text(path, buffer.getvalue())
+        return [path]
+
+
+_DETECTORS: dict[str, FaceDetector] = {}
+
+
+def _detect(path: str, params: dict) -> Detection:
+    key = params_hash(params)  # one detector per process and parameter set
+    if key not in _DETECTORS:
+        _DETECTORS[key] = detector_from_params(params)
+    return detect_first_face(iter_frames(path), _DETECTORS[key],
+                             frames_allowed=params["frames_allowed"],
+                             extend_px=params["extend_px"])

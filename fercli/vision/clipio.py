@@ -1,0 +1,135 @@
+"""Lossless face-clip files: atomic writing, bit-exact reading, per-frame box tables.
+
+Tracked faces are stored losslessly so that later stages see exactly the pixels the
+tracker cropped (paper 000 sec. 2.2, thesis 3.2.1). FFV1 is exact for colour and grey;
+HuffYUV is exact for colour only (its grey path goes through YUV and rounds).
+"""
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fercli.errors import ArtifactError, ConfigError, FerError
+
+CODECS = {"ffv1": "FFV1", "huffyuv": "HFYU"}
+GRAY_EXACT_CODECS = {"ffv1"}
+BOX_COLUMNS = ("frame", "x", "y", "w", "h", "source")
+
+
+def temp_path_for(path: Path) -> Path:
+    """Hidden sibling of ``path`` that keeps its extension, so the container is the same."""
+    return path.with_name(f".{path.stem}.tmp{path.suffix}")
+
+
+class ClipWriter:
+    """Context manager that writes a square clip and publishes it only on a clean exit.
+
+    Frames go to a hidden temporary file next to ``path``; leaving the ``with`` block
+    normally renames it over ``path`` (atomic on one file system), leaving it through an
+    exception deletes it. So ``path`` either holds a whole clip or does not exist.
+    """
+
+    def __init__(
+        self, path: str | Path, size: int, color: bool, fps: float, codec: str = "ffv1"
+    ):
+        if codec not in CODECS:
+            raise ConfigError(
+                f"unknown clip codec {codec!r}", hint=f"Use one of: {', '.join(CODECS)}."
+            )
+        if not color and codec not in GRAY_EXACT_CODECS:
+            raise ConfigError(
+                f"codec {codec!r} does not store grey frames losslessly",
+                hint="Use codec 'ffv1' for grey clips.",
+            )
+        self.path = Path(path)
+        self.size = size
+        self.color = color
+        self.fps = fps
+        self.codec = codec
+        self.frames_written = 0
+        self._temp = temp_path_for(self.path)
+        self._writer: cv2.VideoWriter | None = None
+
+    def __enter__(self):
+        self._temp.unlink(missing_ok=True)  # left by a killed run
+        fourcc = cv2.VideoWriter_fourcc(*CODECS[self.codec])
+        writer = cv2.VideoWriter(
+            str(self._temp), fourcc, self.fps, (self.size, self.size), isColor=self.color
+        )
+        if not writer.isOpened():
+            self._temp.unlink(missing_ok=True)
+            raise FerError(
+                f"cannot open a {self.codec} video writer",
+                path=self.path,
+                hint="Check that the folder exists and is writable and that the extension "
+                "suits the codec (.mkv or .avi).",
+            )
+        self._writer = writer
+        return self
+
+    def write(self, frame: np.ndarray) -> None:
+        """Append one frame; its shape must match the clip (cv2 would drop it silently)."""
+        expected = (self.size, self.size, 3) if self.color else (self.size, self.size)
+        if frame.shape != expected or frame.dtype != np.uint8:
+            raise ValueError(
+                f"frame of shape {frame.shape} {frame.dtype} does not fit a clip of "
+                f"shape {expected} uint8"
+            )
+        self._writer.write(frame)
+        self.frames_written += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._writer.release()
+        if exc_type is None:
+            os.replace(self._temp, self.path)
+        else:
+            self._temp.unlink(missing_ok=True)
+
+
+def iter_clip(path: str | Path, color: bool = True) -> Iterator[np.ndarray]:
+    """Decode a video frame by frame: BGR (H, W, 3), or grey (H, W) when ``color`` is False.
+
+    OpenCV hands grey FFV1 back as three equal channels; BGR->grey of equal channels
+    returns the same value (the weights sum to one in fixed point), so a grey clip
+    reads back bit-exact.
+    """
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise ArtifactError(
+                "cannot open the video", path=path, hint="Check that the file exists and plays."
+            )
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                return
+            yield frame if color else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    finally:
+        capture.release()
+
+
+def read_clip(path: str | Path, color: bool = True) -> np.ndarray:
+    """A whole clip as one array (T, H, W, 3) or (T, H, W); for short face clips only."""
+    frames = list(iter_clip(path, color))
+    if not frames:
+        raise ArtifactError("the clip has no frames", path=path, hint="Rerun the stage that made it.")
+    return np.stack(frames)
+
+
+def write_boxes_csv(path: str | Path, rows: Iterable[tuple]) -> None:
+    """Write per-frame boxes (frame, x, y, w, h, source) atomically, one row per frame."""
+    path = Path(path)
+    temp = temp_path_for(path)
+    try:
+        with temp.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(BOX_COLUMNS)
+            writer.writerows(rows)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
