@@ -137,7 +137,7 @@ class TrimStage(Stage):
                                 info["max_score"], info["first"],
                                 info["n_frames"] - 1 - info["last"])
             png = ctx.stage.path("plots", f"{r['id']}.png")
-            plot_score_curve(scores, result, f"{r['id']} ({info['status']})", png)
+            plot_score_curve(scores, result, r["id"], png)
             outputs.append(png)
         statuses = {s: sum(r["info"]["status"] == s for r in done)
                     for s in ("trimmed", "anomaly", "flat", "override")}
