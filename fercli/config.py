@@ -137,6 +137,29 @@ SCHEMA: dict[str, dict[str, Param]] = {
                         "for anomalies.", nullable=True),
         "plot_examples": _p(6, int, "Score-curve PNGs to draw (plus every anomaly).", min=0),
     },
+    "augment": {
+        "methods": _p(["flip", "blur", "bright50", "bright20", "contrast2", "contrast17",
+                       "rot8", "rot-8", "saltpepper"], list,
+                      "Offline methods, one augmented clip each (thesis 3.2.4: these nine; "
+                      "paper 000 adds histeq and gray).", item_types=(str,)),
+        "copies": _p(None, int, "Augmented clips per training clip, methods drawn per clip "
+                     "by the seed; null: one per method.", nullable=True, min=1),
+    },
+    "extract": {
+        "backbone": _p("minixception-fer2013", str, "Spatial backbone name (vgg16, resnet50, "
+                       "densenet201, vggface, minixception-fer2013, small-cnn) or a Keras "
+                       "model file (e.g. from `fer pretrain`)."),
+        "layer": _p(None, str, "Layer to take features from; null: the backbone's default "
+                    "(e.g. vgg16 `flatten` -> 25088).", nullable=True),
+        "weights": _p("imagenet", str, "Weights for keras.applications backbones: imagenet, "
+                      "a file path, or null (random init).", nullable=True),
+        "batch_size": _p(64, int, "Frames per forward pass.", min=1),
+        "max_frames": _p(100, int, "Sequence length for training; longer clips are "
+                         "truncated, shorter ones padded and masked (thesis 3.2.3).", min=1),
+        "dtype": _p("float16", str, "Storage type of the features.",
+                    choices=("float16", "float32")),
+        "augmented": _p(True, bool, "Also extract the offline-augmented clips."),
+    },
 }
 
 

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 from .errors import ArtifactError, FerError, InputError, LockError
 
 SCHEMA_VERSION = 1
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,199}$")
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+@-]{0,199}$")
 
 
 # --------------------------------------------------------------------------- atomic I/O

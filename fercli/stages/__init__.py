@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..engine import Stage
+from .augment import AugmentStage
 from .detect import DetectStage
 from .index import IndexStage
 from .split import SplitStage
@@ -14,7 +15,7 @@ PIPELINE: dict[str, Stage | None] = {
     "detect": DetectStage(),
     "track": TrackStage(),
     "trim": TrimStage(),
-    "augment": None,
+    "augment": AugmentStage(),
     "extract": None,
     "cv-train": None,
     "finalize": None,
