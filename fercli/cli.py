@@ -38,6 +38,10 @@ ConfigOpt = typer.Option(None, "--config", "-c", help=f"Config YAML (default: "
                          f"./{DEFAULT_CONFIG_FILE} if present).")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a config value: section.key=value "
                       "(repeatable; wins over the file).")
+ForceOpt = typer.Option(False, "--force", help="Redo the stage even if it is up to date.")
+ShardOpt = typer.Option(None, "--shard", help="K/N: process only this share of the items "
+                        "(array jobs).")
+WorkersOpt = typer.Option(1, "--workers", "-j", help="Items processed in parallel.")
 
 
 def handle_errors(func: Callable) -> Callable:
@@ -68,87 +72,79 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
         raise typer.Exit()
 
 
-def _run(stage_name: str, config, force: bool, shard: Optional[str], workers: int) -> StageResult:
-    stage = PIPELINE[stage_name]
-    result = run_stage(stage, config, PIPELINE, force=force, shard=parse_shard(shard),
-                       workers=workers, console=console)
+def _run(stage_name: str, config, force: bool = False, shard: Optional[str] = None,
+         workers: int = 1, only: Optional[list[str]] = None) -> StageResult:
+    result = run_stage(PIPELINE[stage_name], config, PIPELINE, force=force,
+                       shard=parse_shard(shard), workers=workers, only=only, console=console)
     if not result.skipped:
         console.print(summary_table(result))
     return result
 
 
 def _make_stage_command(stage_name: str) -> None:
-    stage = PIPELINE[stage_name]
-
     @handle_errors
     def command(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-                force: bool = typer.Option(False, "--force", help="Redo the stage even if "
-                                           "it is up to date."),
-                shard: Optional[str] = typer.Option(None, "--shard", help="K/N: process "
-                                                    "only this share of the items (array "
-                                                    "jobs)."),
-                workers: int = typer.Option(1, "--workers", "-j", help="Items processed in "
-                                            "parallel.")):
-        cfg = load_config(config, set_)
-        raise_if_failed(_run(stage_name, cfg, force, shard, workers))
+                force: bool = ForceOpt, shard: Optional[str] = ShardOpt,
+                workers: int = WorkersOpt):
+        raise_if_failed(_run(stage_name, load_config(config, set_), force, shard, workers))
 
-    command.__doc__ = stage.help
+    command.__doc__ = PIPELINE[stage_name].help
     app.command(stage_name)(command)
 
 
-def _index_command():
-    @handle_errors
-    def index(root: Optional[Path] = typer.Argument(None, help="Dataset folder (sets "
-                                                     "index.root)."),
-              config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-              force: bool = typer.Option(False, "--force", help="Redo even if up to date."),
-              shard: Optional[str] = typer.Option(None, "--shard", help="K/N share of the "
-                                                  "items (array jobs)."),
-              workers: int = typer.Option(1, "--workers", "-j", help="Items in parallel.")):
-        """Build the dataset table (subject, label, frames, fps, size) from a folder."""
-        overrides = list(set_ or [])
-        if root is not None:
-            overrides.insert(0, f"index.root={os.fspath(root.resolve())}")
-        cfg = load_config(config, overrides)
-        raise_if_failed(_run("index", cfg, force, shard, workers))
-
-    app.command("index")(index)
+@handle_errors
+def index(root: Optional[Path] = typer.Argument(None, help="Dataset folder (sets index.root)."),
+          config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+          force: bool = ForceOpt, shard: Optional[str] = ShardOpt, workers: int = WorkersOpt):
+    """Build the dataset table (subject, label, frames, fps, size) from a folder."""
+    overrides = list(set_ or [])
+    if root is not None:
+        overrides.insert(0, f"index.root={os.fspath(root.resolve())}")
+    raise_if_failed(_run("index", load_config(config, overrides), force, shard, workers))
 
 
-def _track_command():
-    @handle_errors
-    def track(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-              force: bool = typer.Option(False, "--force", help="Redo even if up to date."),
-              shard: Optional[str] = typer.Option(None, "--shard", help="K/N share of the "
-                                                  "items (array jobs)."),
-              workers: int = typer.Option(1, "--workers", "-j", help="Items in parallel."),
-              compare: Optional[str] = typer.Option(None, "--compare", help="Compare "
-                                                    "trackers instead, e.g. "
-                                                    "medianflow,kcf,csrt (paper 000 Table 1)."),
-              limit: int = typer.Option(24, "--limit", help="Items used by --compare.")):
-        """Track each detected face, crop and resize it, write a lossless clip and boxes.
+@handle_errors
+def track(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+          force: bool = ForceOpt, shard: Optional[str] = ShardOpt, workers: int = WorkersOpt,
+          compare: Optional[str] = typer.Option(None, "--compare", help="Compare trackers "
+                                                "instead, e.g. medianflow,kcf,csrt."),
+          limit: int = typer.Option(24, "--limit", help="Items used by --compare.")):
+    """Track each detected face, crop and resize it, write a lossless clip and boxes.
 
-        With --compare, run several trackers on --limit items and print their failures,
-        time and frames/s instead (writes work/track/compare/trackers.csv).
-        """
-        cfg = load_config(config, set_)
-        if compare:
-            from .engine import context_for
-            from .stages.track import run_comparison
+    With --compare, run several trackers on --limit items and print paper 000's Table 1
+    (failures, time) plus frames/s instead (written to work/track/compare/trackers.csv).
+    """
+    cfg = load_config(config, set_)
+    if compare:
+        from .engine import context_for
+        from .stages.track import run_comparison
 
-            ctx = context_for(PIPELINE["track"], cfg, PIPELINE)
-            run_comparison(ctx, [n.strip() for n in compare.split(",") if n.strip()], limit,
-                           console)
-            return
-        raise_if_failed(_run("track", cfg, force, shard, workers))
-
-    app.command("track")(track)
+        ctx = context_for(PIPELINE["track"], cfg, PIPELINE)
+        run_comparison(ctx, [n.strip() for n in compare.split(",") if n.strip()], limit,
+                       console)
+        return
+    raise_if_failed(_run("track", cfg, force, shard, workers))
 
 
-_index_command()
-_track_command()
-for _name, _stage in PIPELINE.items():
-    if _stage is not None and _name not in ("index", "track"):
+@handle_errors
+def cv_train(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+             force: bool = ForceOpt, shard: Optional[str] = ShardOpt,
+             fold: Optional[List[int]] = typer.Option(None, "--fold", help="Train only this "
+                                                      "fold (repeatable): one job per fold.")):
+    """Subject-independent k-fold cross-validation of one model (fixed epochs, resumable).
+
+    Writes per-fold logs, checkpoints and validation softmax, and the mean curve; --fold K
+    trains one fold only, so folds can run as separate jobs.
+    """
+    only = [f"fold-{k}" for k in fold] if fold else None
+    raise_if_failed(_run("cv-train", load_config(config, set_), force, shard, 1, only))
+
+
+_CUSTOM_COMMANDS = {"index": index, "track": track, "cv-train": cv_train}
+for _name, _stage in PIPELINE.items():  # in pipeline order, as `fer --help` lists them
+    if _name in _CUSTOM_COMMANDS:
+        app.command(_name)(_CUSTOM_COMMANDS[_name])
+    elif _stage is not None:
         _make_stage_command(_name)
 
 
@@ -157,7 +153,7 @@ for _name, _stage in PIPELINE.items():
 def run_pipeline(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
                  until: Optional[str] = typer.Option(None, "--until", help="Last stage to "
                                                      "run."),
-                 workers: int = typer.Option(1, "--workers", "-j", help="Items in parallel.")):
+                 workers: int = WorkersOpt):
     """Run every implemented stage in order, skipping what is up to date."""
     cfg = load_config(config, set_)
     if until is not None and until not in PIPELINE:
@@ -168,7 +164,7 @@ def run_pipeline(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] =
         if stage is None:
             console.print(f"{name}: not implemented yet; stopping here")
             break
-        result = _run(name, cfg, False, None, workers)
+        result = _run(name, cfg, workers=1 if name == "cv-train" else workers)
         if result.n_failed:
             failed.append(f"{name} ({result.n_failed})")
         if name == until:

@@ -160,6 +160,41 @@ SCHEMA: dict[str, dict[str, Param]] = {
                     choices=("float16", "float32")),
         "augmented": _p(True, bool, "Also extract the offline-augmented clips."),
     },
+    "train": {
+        "model": _p("cnn1d", str, "Temporal model on features (lstm, bilstm, cnn1d: the "
+                    "thesis's best) or raw-clip model (lrcn, c3d, convlstm).",
+                    choices=("lstm", "bilstm", "cnn1d", "lrcn", "c3d", "convlstm")),
+        "model_params": _p({}, dict, "Hyperparameters over the model's defaults: layers, "
+                           "units, filters, kernel_size, dropout, recurrent_dropout, l2, "
+                           "batch_norm, activation, initializer, dense_units."),
+        "epochs": _p(30, int, "Fixed epochs per fold, no early stopping (thesis 3.2.3).",
+                     min=1),
+        "batch_size": _p(16, int, "Batch size per device.", min=1),
+        "learning_rate": _p(1e-4, float, "Adam learning rate (thesis 3.2.3: 0.0001).",
+                            min=0),
+        "augmented": _p(True, bool, "Train on the training folds' offline-augmented rows "
+                        "too."),
+        "online_augment": _p(False, bool, "Clip models: random per-sequence transform each "
+                             "epoch (thesis 3.2.5)."),
+        "clip_size": _p(64, int, "Clip models: frames resized to this side.", min=8),
+        "max_frames": _p(None, int, "Sequence length; null: extract.max_frames.",
+                         nullable=True, min=1),
+        "strategy": _p("auto", str, "Devices: auto (all GPUs via MirroredStrategy when >1), "
+                       "default (one device) or mirrored.",
+                       choices=("auto", "default", "mirrored")),
+        "mixed_precision": _p(False, bool, "mixed_float16 (GPUs with tensor cores)."),
+        "tensorboard": _p(True, bool, "Write TensorBoard logs per fold."),
+    },
+    "finalize": {
+        "patience": _p(10, int, "EarlyStopping patience on val accuracy (thesis "
+                       "'Final model').", min=1),
+        "lr_factor": _p(0.5, float, "ReduceLROnPlateau factor.", min=0, max=1),
+        "lr_patience": _p(5, int, "ReduceLROnPlateau patience.", min=1),
+        "max_epochs": _p(100, int, "Upper bound for the early-stopped fold runs.", min=1),
+        "epochs_from": _p("best", str, "Final epochs = mean over folds of the best epoch "
+                          "(best) or of the epoch training stopped at (stopped).",
+                          choices=("best", "stopped")),
+    },
 }
 
 

@@ -29,7 +29,7 @@ from rich.table import Table
 from . import __version__
 from .config import Config, params_hash
 from .errors import ConfigError, FerError, InputError, ItemError, ItemsFailedError, \
-    MissingUpstreamError
+    LockError, MissingUpstreamError
 from .workspace import SCHEMA_VERSION, StageDir, check_item_id, file_entry
 
 
@@ -56,6 +56,7 @@ class Context:
     stage: StageDir
     params: dict
     upstream: dict[str, StageDir]
+    upstream_hashes: dict[str, str] = field(default_factory=dict)
 
     @property
     def workdir(self) -> Path:
@@ -84,6 +85,10 @@ class Stage:
 
     def params(self, config: Config) -> dict:
         return {section: config[section] for section in self.sections}
+
+    def upstreams(self, config: Config) -> tuple[str, ...]:
+        """Stages whose outputs this one reads (may depend on the config)."""
+        return self.upstream
 
     def item_params(self, params: dict) -> dict:
         """The parameters that change per-item results (default: all of them)."""
@@ -162,12 +167,15 @@ def _state_of(stage: Stage, config: Config, states: dict[str, StageState]) -> St
     if sources != manifest.get("sources"):
         reasons.append("source files changed" if not str(sources).startswith("unreadable")
                        else str(sources))
-    for up in stage.upstream:
+    for up in stage.upstreams(config):
         up_state = states.get(up)
         if up_state is None or up_state.status != "up to date":
             reasons.append(f"upstream `{up}` is {up_state.status if up_state else 'unknown'}")
         elif manifest.get("upstream", {}).get(up) != up_state.output_hash:
             reasons.append(f"upstream `{up}` changed")
+    retry = sum(bool(r.get("retry")) for r in items.values())
+    if retry:
+        reasons.append(f"{retry} items failed with unexpected errors and will be retried")
     if reasons:
         state.status, state.reason = "stale", "; ".join(reasons)
     return state
@@ -198,10 +206,11 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return k, n
 
 
-def _require_upstream(stage: Stage, states: dict[str, StageState]) -> dict[str, str]:
+def _require_upstream(stage: Stage, config: Config,
+                      states: dict[str, StageState]) -> dict[str, str]:
     """Output hashes of the upstream stages; each must be up to date."""
     hashes = {}
-    for up in stage.upstream:
+    for up in stage.upstreams(config):
         st = states[up]
         if st.status != "up to date":
             why = f" ({st.reason})" if st.reason else ""
@@ -214,10 +223,11 @@ def _require_upstream(stage: Stage, states: dict[str, StageState]) -> dict[str, 
 def context_for(stage: Stage, config: Config, registry: dict[str, Stage | None],
                 states: dict[str, StageState] | None = None) -> Context:
     """The context a stage runs in, after checking that its upstream stages are done."""
-    _require_upstream(stage, states or stage_states(config, registry))
+    hashes = _require_upstream(stage, config, states or stage_states(config, registry))
     return Context(config=config, stage=StageDir(config.workdir, stage.name),
                    params=stage.params(config),
-                   upstream={up: StageDir(config.workdir, up) for up in stage.upstream})
+                   upstream={up: StageDir(config.workdir, up) for up in hashes},
+                   upstream_hashes=hashes)
 
 
 def _run_one(stage: Stage, ctx: Context, item: Item) -> tuple[str, dict]:
@@ -225,6 +235,8 @@ def _run_one(stage: Stage, ctx: Context, item: Item) -> tuple[str, dict]:
     started = time.perf_counter()
     try:
         output = stage.process_item(ctx, item)
+    except (ConfigError, MissingUpstreamError, LockError):
+        raise  # not about this item: stop the stage with the one-line error
     except ItemError as exc:
         return "failed", {"reason": str(exc), "seconds": time.perf_counter() - started}
     except FerError as exc:
@@ -240,12 +252,17 @@ def _run_one(stage: Stage, ctx: Context, item: Item) -> tuple[str, dict]:
 
 def run_stage(stage: Stage, config: Config, registry: dict[str, Stage | None], *,
               force: bool = False, shard: tuple[int, int] | None = None, workers: int = 1,
-              console: Console | None = None) -> StageResult:
+              only: list[str] | None = None, console: Console | None = None) -> StageResult:
+    """Run one stage: skip if up to date, else process the items without a valid record.
+
+    ``shard`` (K, N) or ``only`` (item ids, e.g. one CV fold) restrict this process to a
+    share of the items; the manifest is written by whichever process completes the set.
+    """
     console = console or Console(stderr=True)
     if shard and not stage.shardable:
         raise ConfigError(f"`fer {stage.name}` cannot be sharded; run it without --shard")
     states = stage_states(config, registry)
-    upstream_hashes = _require_upstream(stage, states)
+    upstream_hashes = _require_upstream(stage, config, states)
     if states[stage.name].status == "up to date" and not force:
         st = states[stage.name]
         extra = f", {st.n_failed} failed" if st.n_failed else ""
@@ -258,7 +275,9 @@ def run_stage(stage: Stage, config: Config, registry: dict[str, Stage | None], *
     phash = params_hash(params)
     with sdir.lock(shard):
         sources = stage.source_fingerprint(config)
-        if shard is None or force:
+        if shard is None and only is None:
+            sdir.remove_temp_files()
+        if (shard is None and only is None) or force:
             sdir.remove_manifest()
         items = stage.list_items(ctx)
         seen: set[str] = set()
@@ -270,17 +289,25 @@ def run_stage(stage: Stage, config: Config, registry: dict[str, Stage | None], *
                                  hint="Rename one of them; ids come from file names")
             seen.add(item.id)
         mine = items if shard is None else items[shard[0] - 1::shard[1]]
+        if only is not None:
+            unknown = sorted(set(only) - {item.id for item in items})
+            if unknown:
+                raise ConfigError(f"no item {', '.join(unknown)} in stage `{stage.name}`; "
+                                  f"items: {', '.join(i.id for i in items[:12])}")
+            mine = [item for item in mine if item.id in only]
         item_phash = params_hash(stage.item_params(params))
         keys = {item.id: params_hash({"params": item_phash, "input": item.fingerprint})
                 for item in items}
 
-        def reusable(item: Item) -> dict | None:
+        def current(item: Item) -> dict | None:
             record = sdir.read_record(item.id)
-            if record and record.get("key") == keys[item.id] and not record.get("retry"):
-                return record
-            return None
+            return record if record and record.get("key") == keys[item.id] else None
 
-        todo = [item for item in mine if force or reusable(item) is None]
+        def reusable(item: Item) -> bool:
+            record = current(item)
+            return record is not None and not record.get("retry")
+
+        todo = [item for item in mine if force or not reusable(item)]
         result = StageResult(stage.name, skipped=False, n_items=len(items),
                              n_reused=len(mine) - len(todo))
         if result.n_reused:
@@ -293,7 +320,7 @@ def run_stage(stage: Stage, config: Config, registry: dict[str, Stage | None], *
             if status == "failed":
                 console.print(f"[red]failed[/] {item.id}: {data['reason']}")
 
-        records = [reusable(item) for item in items]
+        records = [current(item) for item in items]
         missing = [item.id for item, rec in zip(items, records) if rec is None]
         if missing:
             result.complete = False
@@ -338,8 +365,8 @@ def _finish(stage: Stage, ctx: Context, records: list[dict], phash: str,
             upstream_hashes: dict[str, str], sources: str | None, console: Console) -> None:
     """All items have records: write stage outputs, then the manifest (last)."""
     outputs = [file_entry(p, ctx.workdir) for p in stage.finalize(ctx, records, console)]
-    items = {r["id"]: {k: r[k] for k in ("status", "reason", "outputs", "info") if k in r}
-             for r in records}
+    items = {r["id"]: {k: r[k] for k in ("status", "reason", "retry", "outputs", "info")
+                       if k in r} for r in records}
     content = {"params": phash, "items": {i: {k: v for k, v in rec.items() if k != "reason"}
                                           for i, rec in items.items()},
                "outputs": [entry["sha256"] for entry in outputs]}

@@ -228,6 +228,16 @@ class StageDir:
         return sorted(p.stem for p in self.records_dir.glob("*.json")
                       if not p.name.startswith("."))
 
+    def remove_temp_files(self) -> int:
+        """Delete temporary files a killed run left (call only while holding the stage lock
+        with no shards running: a shard's temp file may be in use)."""
+        if not self.root.is_dir():
+            return 0
+        leftovers = [p for p in self.root.rglob(".*tmp*") if p.is_file()]
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+        return len(leftovers)
+
     def lock(self, shard: tuple[int, int] | None = None) -> StageLock:
         name = ".lock" if shard is None else f".lock-shard-{shard[0]}-of-{shard[1]}"
         label = f"stage `{self.name}`" + (f" shard {shard[0]}/{shard[1]}" if shard else "")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..engine import Stage
 from .augment import AugmentStage
+from .cv_train import CvTrainStage
 from .detect import DetectStage
 from .index import IndexStage
 from .split import SplitStage
@@ -17,7 +18,7 @@ PIPELINE: dict[str, Stage | None] = {
     "trim": TrimStage(),
     "augment": AugmentStage(),
     "extract": None,
-    "cv-train": None,
+    "cv-train": CvTrainStage(),
     "finalize": None,
     "fuse": None,
     "evaluate": None,

@@ -1,0 +1,133 @@
+"""`fer extract`: per-frame CNN features of every kept frame into the HDF5 feature store.
+
+Frames go through the backbone in batches of ``extract.batch_size`` (never one at a time).
+Each item's features are first saved alone (``items/<row>.npy``, so a killed run resumes
+at the next clip); when all are done they are streamed into ``features.h5`` (see
+fercli.featurestore), one row per original or augmented clip, with subject, label,
+augmentation method and split part (thesis 3.2.3-3.2.4).
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from ..config import params_hash
+from ..engine import Context, Item, ItemOutput, Stage
+from ..featurestore import FeatureStoreWriter, Row
+from ..workspace import atomic_path, read_json
+from .augment import kept_frames
+from .split import load_splits
+
+_EXTRACTORS: dict[str, object] = {}
+
+
+def feature_extractor(params: dict, color: bool):
+    """One extractor per process and parameter set (loading a backbone takes seconds)."""
+    from ..backbones import build_feature_extractor
+
+    key = params_hash([params["backbone"], params["layer"], params["weights"], color])
+    if key not in _EXTRACTORS:
+        _EXTRACTORS[key] = build_feature_extractor(params["backbone"], layer=params["layer"],
+                                                   weights=params["weights"], input_color=color)
+    return _EXTRACTORS[key]
+
+
+def extract_sequence(frames, extractor, batch_size: int) -> np.ndarray:
+    """(T, F) float32 features of a frame stream, computed batch by batch."""
+    out, batch = [], []
+    for frame in frames:
+        batch.append(frame)
+        if len(batch) == batch_size:
+            out.append(extractor.extract(np.stack(batch)))
+            batch = []
+    if batch:
+        out.append(extractor.extract(np.stack(batch)))
+    if not out:
+        return np.zeros((0, extractor.feature_dim), np.float32)
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+class ExtractStage(Stage):
+    name = "extract"
+    help = "Run the spatial backbone on every kept frame (batched) into features.h5."
+    upstream = ("trim", "augment", "split")
+    sections = ("extract",)
+
+    def params(self, config):
+        params = super().params(config)
+        section = dict(params["extract"])
+        backbone = Path(section["backbone"]).expanduser()
+        if backbone.suffix in (".keras", ".h5", ".hdf5"):  # a model file from pretrain
+            section["backbone"] = str(config.resolve_path(backbone))
+        params["extract"] = section
+        params["color"] = config["track"]["color"]
+        return params
+
+    def item_params(self, params: dict) -> dict:
+        section = {k: v for k, v in params["extract"].items()
+                   if k not in ("max_frames", "augmented", "batch_size")}
+        return {"extract": section, "color": params["color"]}
+
+    def list_items(self, ctx: Context) -> list[Item]:
+        items = []
+        for item in ctx.upstream_item_list("trim"):
+            info = item.payload
+            items.append(Item(item.id, item.fingerprint,
+                              {"clip": info["clip"], "first": info["first"],
+                               "last": info["last"], "source": item.id, "augment": ""}))
+        if ctx.params["extract"]["augmented"]:
+            for source, rec in ctx.upstream_items("augment").items():
+                for method, out in zip(rec["info"]["methods"], rec["outputs"]):
+                    items.append(Item(f"{source}@{method}", out["sha256"],
+                                      {"clip": str(ctx.workdir / out["path"]), "first": 0,
+                                       "last": rec["info"]["n_frames"] - 1, "source": source,
+                                       "augment": method}))
+        return items
+
+    def process_item(self, ctx: Context, item: Item) -> ItemOutput:
+        params = ctx.params["extract"]
+        info = item.payload
+        extractor = feature_extractor(params, ctx.params["color"])
+        frames = kept_frames(info["clip"], info["first"], info["last"], ctx.params["color"])
+        features = extract_sequence(frames, extractor, params["batch_size"])
+        out = ctx.stage.path("items", f"{item.id}.npy")
+        with atomic_path(out) as tmp:
+            np.save(tmp, features.astype(params["dtype"]))
+        return ItemOutput([out], info={"source": info["source"], "augment": info["augment"],
+                                       "n_frames": len(features),
+                                       "feature_dim": int(features.shape[1])})
+
+    def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
+        params = ctx.params["extract"]
+        done = sorted((r for r in records if r["status"] == "done"), key=lambda r: r["id"])
+        meta = _index_rows(ctx.workdir / "index" / "index.csv")
+        splits = load_splits(ctx.workdir)
+        part = {i: "test" for i in splits["items"]["test"]}
+        part.update({i: f"fold-{k}" for k, fold in enumerate(splits["items"]["folds"])
+                     for i in fold})
+        classes = read_json(ctx.workdir / "index" / "classes.json", "classes.json")
+        dim = done[0]["info"]["feature_dim"] if done else 0
+        store_path = ctx.stage.path("features.h5")
+        attrs = {"backbone": params["backbone"], "layer": str(params["layer"]),
+                 "weights": str(params["weights"]), "max_frames": params["max_frames"],
+                 "color": ctx.params["color"]}
+        with FeatureStoreWriter(store_path, dim, classes, dtype=params["dtype"],
+                                attrs=attrs) as writer:
+            for r in done:
+                source = r["info"]["source"]
+                row = Row(r["id"], source, meta[source]["subject"],
+                          classes.index(meta[source]["label"]), r["info"]["augment"],
+                          part.get(source, "unassigned"))
+                writer.add(row, np.load(ctx.workdir / r["outputs"][0]["path"]))
+        n_aug = sum(bool(r["info"]["augment"]) for r in done)
+        console.print(f"extract: features.h5 holds {len(done)} sequences ({n_aug} augmented), "
+                      f"{dim} features per frame from {params['backbone']}")
+        return [store_path]
+
+
+def _index_rows(path: Path) -> dict[str, dict]:
+    return {r["item_id"]: r for r in csv.DictReader(io.StringIO(path.read_text()))}

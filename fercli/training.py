@@ -1,0 +1,205 @@
+"""Training one model in one folder, resumable at the next epoch (thesis 3.2.3).
+
+After every epoch an ``EpochCheckpoint`` writes, each atomically and in this order: the
+latest model (``latest-eNNNN.keras``, optimizer state included), the best model by
+validation accuracy (``best.keras``), the CSV log of all epochs so far, and last
+``state.json`` naming the epoch and the latest file. A run killed at any point restarts
+from ``state.json``: the model of that epoch, the log cut to that epoch (no duplicated or
+truncated rows) and ``initial_epoch`` set, so it continues at the next epoch.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .workspace import atomic_path, atomic_write_json, atomic_write_text
+
+LOG_COLUMNS = ["epoch", "accuracy", "loss", "val_accuracy", "val_loss", "learning_rate"]
+
+
+@dataclass
+class FoldResult:
+    epochs_run: int
+    best_epoch: int
+    best_val_accuracy: float
+    stopped_epoch: int | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+def _keras():
+    import keras
+
+    return keras
+
+
+def read_state(run_dir: Path) -> dict | None:
+    path = run_dir / "state.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None  # never half-written (atomic); unreadable means start over
+
+
+def read_log(run_dir: Path, up_to_epoch: int | None = None) -> list[dict]:
+    path = run_dir / "log.csv"
+    if not path.is_file():
+        return []
+    rows = [{k: float(v) if k != "epoch" else int(v) for k, v in r.items() if v != ""}
+            for r in csv.DictReader(io.StringIO(path.read_text()))]
+    return [r for r in rows if up_to_epoch is None or r["epoch"] <= up_to_epoch]
+
+
+def make_epoch_checkpoint(run_dir: Path, history: list[dict], best: float,
+                          extra_state: callable = None):
+    keras = _keras()
+
+    class EpochCheckpoint(keras.callbacks.Callback):
+        """Latest + best model, CSV log and state after every epoch (see module doc)."""
+
+        def __init__(self):
+            super().__init__()
+            self.history_rows = history
+            self.best = best
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = dict(logs or {})
+            lr = self.model.optimizer.learning_rate
+            row = {"epoch": epoch + 1,
+                   **{k: float(logs[k]) for k in LOG_COLUMNS[1:5] if k in logs},
+                   "learning_rate": float(np.asarray(lr))}
+            self.history_rows.append(row)
+            latest = run_dir / f"latest-e{epoch + 1:04d}.keras"
+            with atomic_path(latest) as tmp:
+                self.model.save(tmp)
+            improved = row.get("val_accuracy", -1.0) > self.best
+            if improved:
+                self.best = row["val_accuracy"]
+                with atomic_path(run_dir / "best.keras") as tmp:
+                    self.model.save(tmp)
+            atomic_write_text(run_dir / "log.csv", _log_text(self.history_rows))
+            best_epoch = max(self.history_rows, key=lambda r: (r.get("val_accuracy", -1),
+                                                               -r["epoch"]))["epoch"]
+            state = {"epoch": epoch + 1, "latest": latest.name, "best_epoch": best_epoch,
+                     "best_val_accuracy": self.best}
+            if extra_state:
+                state.update(extra_state())
+            atomic_write_json(run_dir / "state.json", state)
+            for old in run_dir.glob("latest-e*.keras"):
+                if old.name != latest.name:
+                    old.unlink(missing_ok=True)
+
+    return EpochCheckpoint()
+
+
+def _log_text(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, lineterminator="\n",
+                            extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def train_resumable(run_dir: Path, build, train_ds, val_ds, *, epochs: int, seed: int,
+                    early_stopping: dict | None = None, tensorboard: bool = True,
+                    log=print) -> FoldResult:
+    """Fit ``build()`` for ``epochs`` (or until early stopping), resuming from run_dir.
+
+    ``early_stopping`` (finalize): {"patience", "lr_factor", "lr_patience"} adds
+    EarlyStopping and ReduceLROnPlateau on validation accuracy, their counters restored
+    on resume so a restart stops where an uninterrupted run would.
+    """
+    keras = _keras()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    state = read_state(run_dir)
+    if state and state.get("finished"):
+        history = read_log(run_dir)
+        return _result(state, history)
+    if state and (run_dir / state["latest"]).is_file():
+        model = keras.models.load_model(run_dir / state["latest"])
+        initial_epoch = state["epoch"]
+        history = read_log(run_dir, initial_epoch)
+        best = state["best_val_accuracy"]
+        log(f"resuming {run_dir.name} at epoch {initial_epoch + 1}")
+    else:
+        model, initial_epoch, history, best, state = build(), 0, [], -1.0, {}
+    callbacks = []
+    stopper = None
+    if early_stopping:
+        stopper, plateau = _resumable_stoppers(keras, early_stopping, state)
+        callbacks += [stopper, plateau]
+
+        def extra_state():
+            return {"es_wait": stopper.wait, "es_best": float(stopper.best),
+                    "es_best_epoch": stopper.best_epoch + 1 if stopper.best_epoch is not None
+                    else None, "plateau_wait": plateau.wait,
+                    "plateau_best": float(plateau.best)}
+    else:
+        extra_state = None
+    callbacks.insert(0, make_epoch_checkpoint(run_dir, history, best, extra_state))
+    if tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"),
+                                                     write_graph=False))
+    if initial_epoch < epochs:
+        model.fit(train_ds, validation_data=val_ds, epochs=epochs,
+                  initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,
+                  shuffle=False)  # the tf.data pipeline shuffles, seeded per epoch
+    state = read_state(run_dir) or {"epoch": 0, "best_epoch": 0, "best_val_accuracy": 0.0}
+    state["finished"] = True
+    if stopper is not None and stopper.stopped_epoch:
+        state["stopped_epoch"] = stopper.stopped_epoch + 1
+    atomic_write_json(run_dir / "state.json", state)
+    return _result(state, read_log(run_dir))
+
+
+def _resumable_stoppers(keras, params: dict, state: dict):
+    """EarlyStopping and ReduceLROnPlateau on val accuracy whose counters survive a restart."""
+
+    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            if state.get("es_wait") is not None:
+                self.wait, self.best = state["es_wait"], state["es_best"]
+                if state.get("es_best_epoch"):
+                    self.best_epoch = state["es_best_epoch"] - 1
+
+    class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            if state.get("plateau_wait") is not None:
+                self.wait, self.best = state["plateau_wait"], state["plateau_best"]
+
+    stopper = ResumableEarlyStopping(monitor="val_accuracy", mode="max",
+                                     patience=params["patience"])
+    plateau = ResumablePlateau(monitor="val_accuracy", mode="max", factor=params["lr_factor"],
+                               patience=params["lr_patience"], verbose=0)
+    return stopper, plateau
+
+
+def _result(state: dict, history: list[dict]) -> FoldResult:
+    return FoldResult(epochs_run=state["epoch"], best_epoch=state["best_epoch"],
+                      best_val_accuracy=state["best_val_accuracy"],
+                      stopped_epoch=state.get("stopped_epoch"), history=history)
+
+
+def mean_curve(histories: list[list[dict]]) -> list[dict]:
+    """Epoch-wise average over folds (thesis 3.2.3: results averaged across folds)."""
+    n = min((len(h) for h in histories), default=0)
+    out = []
+    for e in range(n):
+        row = {"epoch": e + 1}
+        for key in LOG_COLUMNS[1:5]:
+            values = [h[e][key] for h in histories if key in h[e]]
+            if values:
+                row[key] = float(np.mean(values))
+                row[f"{key}_std"] = float(np.std(values))
+        out.append(row)
+    return out
