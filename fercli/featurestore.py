@@ -38,13 +38,16 @@ class FeatureStoreWriter:
     """Append sequences one at a time; the file appears under its name only when closed."""
 
     def __init__(self, path: str | Path, feature_dim: int, classes: list[str], *,
-                 dtype: str = "float16", attrs: dict | None = None, chunk_rows: int = 256):
+                 dtype: str = "float16", attrs: dict | None = None,
+                 chunk_rows: int | None = None):
         self.path = Path(path)
         self.feature_dim = feature_dim
         self.classes = classes
         self.dtype = np.dtype(dtype)
         self.attrs = attrs or {}
-        self.chunk_rows = chunk_rows
+        # ~1 MiB chunks: a random sequence read decompresses little beyond its own frames
+        row_bytes = feature_dim * np.dtype(dtype).itemsize
+        self.chunk_rows = chunk_rows or int(np.clip((1 << 20) // max(row_bytes, 1), 8, 256))
         self.rows: list[Row] = []
         self.offsets = [0]
 
@@ -95,7 +98,7 @@ class FeatureStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         try:
-            self._file = h5py.File(self.path, "r")
+            self._file = h5py.File(self.path, "r", rdcc_nbytes=16 << 20)
             f = self._file
             self.offsets = f["offsets"][:]
             self.labels = f["labels"][:].argmax(axis=1) if len(f["labels"]) else \

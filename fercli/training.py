@@ -34,7 +34,22 @@ class FoldResult:
 def _keras():
     import keras
 
+    from . import models  # noqa: F401  registers the custom layers load_model needs
+
     return keras
+
+
+def load_model(path: Path):
+    """Load a saved fercli model, with a one-line error when the file is damaged."""
+    from .errors import ArtifactError
+
+    keras = _keras()
+    try:
+        return keras.models.load_model(path)
+    except Exception as exc:  # noqa: BLE001 - keras raises many kinds for a bad file
+        raise ArtifactError(f"model file cannot be loaded ({type(exc).__name__}: {exc})",
+                            path=path, hint="Delete it and re-run the stage that wrote it "
+                            "(with --force)") from None
 
 
 def read_state(run_dir: Path) -> dict | None:
@@ -124,7 +139,7 @@ def train_resumable(run_dir: Path, build, train_ds, val_ds, *, epochs: int, seed
         history = read_log(run_dir)
         return _result(state, history)
     if state and (run_dir / state["latest"]).is_file():
-        model = keras.models.load_model(run_dir / state["latest"])
+        model = load_model(run_dir / state["latest"])
         initial_epoch = state["epoch"]
         history = read_log(run_dir, initial_epoch)
         best = state["best_val_accuracy"]
@@ -138,13 +153,15 @@ def train_resumable(run_dir: Path, build, train_ds, val_ds, *, epochs: int, seed
         callbacks += [stopper, plateau]
 
         def extra_state():
-            return {"es_wait": stopper.wait, "es_best": float(stopper.best),
-                    "es_best_epoch": stopper.best_epoch + 1 if stopper.best_epoch is not None
-                    else None, "plateau_wait": plateau.wait,
-                    "plateau_best": float(plateau.best)}
+            number = (lambda v: None if v is None else float(v))
+            return {"es_wait": stopper.wait, "es_best": number(stopper.best),
+                    "es_best_epoch": None if stopper.best_epoch is None
+                    else stopper.best_epoch + 1,
+                    "plateau_wait": plateau.wait, "plateau_best": number(plateau.best)}
     else:
         extra_state = None
-    callbacks.insert(0, make_epoch_checkpoint(run_dir, history, best, extra_state))
+    # after the stoppers: the state written each epoch must include their update
+    callbacks.append(make_epoch_checkpoint(run_dir, history, best, extra_state))
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"),
                                                      write_graph=False))

@@ -5,6 +5,7 @@ from ..engine import Stage
 from .augment import AugmentStage
 from .cv_train import CvTrainStage
 from .detect import DetectStage
+from .finalize import FinalizeStage
 from .index import IndexStage
 from .split import SplitStage
 from .track import TrackStage
@@ -19,7 +20,7 @@ PIPELINE: dict[str, Stage | None] = {
     "augment": AugmentStage(),
     "extract": None,
     "cv-train": CvTrainStage(),
-    "finalize": None,
+    "finalize": FinalizeStage(),
     "fuse": None,
     "evaluate": None,
 }

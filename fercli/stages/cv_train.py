@@ -219,9 +219,9 @@ class CvTrainStage(Stage):
                              training=True),
                 data.dataset(val_rows, batch_size=batch, shuffle=False, seed=seed),
                 epochs=params["epochs"], seed=seed, tensorboard=params["tensorboard"])
-        import keras
+        from ..training import load_model
 
-        best = keras.models.load_model(run_dir / "best.keras")
+        best = load_model(run_dir / "best.keras")
         val_probs = run_dir / "val_probs.csv"
         accuracy = data.write_probabilities(best, val_rows, val_probs, batch)
         atomic_write_json(run_dir / "devices.json", devices)
