@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FER := $(BIN)/fer
 
 
-.PHONY: setup demo test test-fast bench lint clean sample-data
+.PHONY: setup demo test test-fast bench lint clean sample-data docs
 
 setup: $(STAMP)
 
@@ -38,3 +38,6 @@ sample-data: $(STAMP)
 
 clean:
 	rm -rf demo-work .pytest_cache
+
+docs: $(STAMP)
+	$(BIN)/python scripts/update_readme.py

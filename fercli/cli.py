@@ -41,7 +41,8 @@ SetOpt = typer.Option(None, "--set", "-s", help="Override a config value: sectio
 ForceOpt = typer.Option(False, "--force", help="Redo the stage even if it is up to date.")
 ShardOpt = typer.Option(None, "--shard", help="K/N: process only this share of the items "
                         "(array jobs).")
-WorkersOpt = typer.Option(1, "--workers", "-j", help="Items processed in parallel.")
+WorkersOpt = typer.Option(None, "--workers", "-j", help="Items processed in parallel "
+                          "(default: all cores for OpenCV stages, 1 for TensorFlow stages).")
 
 
 def handle_errors(func: Callable) -> Callable:
@@ -73,8 +74,11 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 
 
 def _run(stage_name: str, config, force: bool = False, shard: Optional[str] = None,
-         workers: int = 1, only: Optional[list[str]] = None) -> StageResult:
-    result = run_stage(PIPELINE[stage_name], config, PIPELINE, force=force,
+         workers: Optional[int] = None, only: Optional[list[str]] = None) -> StageResult:
+    stage = PIPELINE[stage_name]
+    if workers is None:
+        workers = (os.cpu_count() or 1) if stage.cpu_parallel else 1
+    result = run_stage(stage, config, PIPELINE, force=force,
                        shard=parse_shard(shard), workers=workers, only=only, console=console)
     if not result.skipped:
         console.print(summary_table(result))
@@ -85,7 +89,7 @@ def _make_stage_command(stage_name: str) -> None:
     @handle_errors
     def command(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
                 force: bool = ForceOpt, shard: Optional[str] = ShardOpt,
-                workers: int = WorkersOpt):
+                workers: Optional[int] = WorkersOpt):
         raise_if_failed(_run(stage_name, load_config(config, set_), force, shard, workers))
 
     command.__doc__ = PIPELINE[stage_name].help
@@ -95,7 +99,7 @@ def _make_stage_command(stage_name: str) -> None:
 @handle_errors
 def index(root: Optional[Path] = typer.Argument(None, help="Dataset folder (sets index.root)."),
           config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-          force: bool = ForceOpt, shard: Optional[str] = ShardOpt, workers: int = WorkersOpt):
+          force: bool = ForceOpt, shard: Optional[str] = ShardOpt, workers: Optional[int] = WorkersOpt):
     """Build the dataset table (subject, label, frames, fps, size) from a folder."""
     overrides = list(set_ or [])
     if root is not None:
@@ -105,7 +109,7 @@ def index(root: Optional[Path] = typer.Argument(None, help="Dataset folder (sets
 
 @handle_errors
 def track(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-          force: bool = ForceOpt, shard: Optional[str] = ShardOpt, workers: int = WorkersOpt,
+          force: bool = ForceOpt, shard: Optional[str] = ShardOpt, workers: Optional[int] = WorkersOpt,
           compare: Optional[str] = typer.Option(None, "--compare", help="Compare trackers "
                                                 "instead, e.g. medianflow,kcf,csrt."),
           limit: int = typer.Option(24, "--limit", help="Items used by --compare.")):
@@ -153,7 +157,7 @@ for _name, _stage in PIPELINE.items():  # in pipeline order, as `fer --help` lis
 def run_pipeline(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
                  until: Optional[str] = typer.Option(None, "--until", help="Last stage to "
                                                      "run."),
-                 workers: int = WorkersOpt):
+                 workers: Optional[int] = WorkersOpt):
     """Run every implemented stage in order, skipping what is up to date."""
     cfg = load_config(config, set_)
     if until is not None and until not in PIPELINE:
@@ -164,7 +168,7 @@ def run_pipeline(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] =
         if stage is None:
             console.print(f"{name}: not implemented yet; stopping here")
             break
-        result = _run(name, cfg, workers=1 if name == "cv-train" else workers)
+        result = _run(name, cfg, workers=workers)
         if result.n_failed:
             failed.append(f"{name} ({result.n_failed})")
         if name == until:

@@ -195,6 +195,23 @@ SCHEMA: dict[str, dict[str, Param]] = {
                           "(best) or of the epoch training stopped at (stopped).",
                           choices=("best", "stopped")),
     },
+    "fuse": {
+        "runs": _p(None, list, "Finalized runs to fuse; null: every run in "
+                   "work/finalize/runs.", nullable=True, item_types=(str,)),
+        "combinations": _p(None, list, "Explicit combinations (lists of run names); null: "
+                           "every subset of 2..max_size runs.", nullable=True,
+                           item_types=(list,)),
+        "max_size": _p(3, int, "Largest combination tried when combinations is null.", min=2),
+        "methods": _p(["average", "weighted", "max"], list, "Fusion methods (thesis 3.2.6; "
+                      "weighted uses mean CV accuracy, eq. 3.2).", item_types=(str,)),
+    },
+    "evaluate": {
+        "targets": _p(None, list, "Runs or fusions (run+run@method) to evaluate; null: every "
+                      "finalized run and the best fusion by CV accuracy.", nullable=True,
+                      item_types=(str,)),
+        "human": _p(None, str, "CSV of human annotations of the test items (item,annotator,"
+                    "label) for the human-vs-model comparison (thesis 3.3.1).", nullable=True),
+    },
 }
 
 

@@ -82,6 +82,7 @@ class Stage:
     upstream: ClassVar[tuple[str, ...]] = ()
     sections: ClassVar[tuple[str, ...]] = ()  # config sections that are its parameters
     shardable: ClassVar[bool] = True
+    cpu_parallel: ClassVar[bool] = False  # OpenCV work: one process per core by default
 
     def params(self, config: Config) -> dict:
         return {section: config[section] for section in self.sections}

@@ -37,6 +37,7 @@ class AugmentStage(Stage):
     name = "augment"
     help = "Write offline-augmented copies of the trimmed training clips (never test)."
     upstream = ("trim", "split")
+    cpu_parallel = True
     sections = ("augment", "track")
 
     def params(self, config):

@@ -36,6 +36,7 @@ class DetectStage(Stage):
     name = "detect"
     help = "Find the single face of every item in its first frames (Haar cascade)."
     upstream = ("index",)
+    cpu_parallel = True
     sections = ("detect",)
 
     def list_items(self, ctx: Context) -> list[Item]:

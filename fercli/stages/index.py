@@ -227,6 +227,7 @@ def source_fingerprint(path: Path) -> dict:
 class IndexStage(Stage):
     name = "index"
     help = "Build the dataset table (subject, label, frames, fps, size) from index.root."
+    cpu_parallel = True
     sections = ("index",)
 
     def params(self, config: Config) -> dict:

@@ -35,6 +35,7 @@ class TrackStage(Stage):
     help = ("Track each detected face (MedianFlow by default), crop and resize it, and "
             "write a lossless clip plus per-frame boxes.")
     upstream = ("detect",)
+    cpu_parallel = True
     sections = ("track", "detect")  # detect params drive re-detection
 
     def list_items(self, ctx: Context) -> list[Item]:

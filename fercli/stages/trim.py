@@ -34,6 +34,7 @@ class TrimStage(Stage):
     name = "trim"
     help = "Cut neutral onset and offset frames (thesis Algorithm 1); list anomalies."
     upstream = ("track",)
+    cpu_parallel = True
     sections = ("trim",)
 
     def params(self, config: Config) -> dict:

@@ -1,0 +1,1 @@
+"""Pure computer-vision cores: face detection, tracking and lossless clip I/O."""

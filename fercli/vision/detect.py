@@ -108,7 +108,15 @@ class YuNetDetector:
                 f"YuNet model file {model_path} does not exist",
                 hint=f"Download the ONNX model from {YUNET_SOURCE} and set its path.",
             )
-        self._net = cv2.FaceDetectorYN.create(str(model_path), "", (320, 320), score_threshold)
+        try:
+            self._net = cv2.FaceDetectorYN.create(
+                str(model_path), "", (320, 320), score_threshold
+            )
+        except cv2.error as exc:
+            raise ConfigError(
+                f"cannot load the YuNet model {model_path}: {exc.err}",
+                hint=f"Download it again from {YUNET_SOURCE}.",
+            ) from exc
         self.score_threshold = score_threshold
 
     def detect(self, frame_bgr: np.ndarray) -> list[Box]:

@@ -1,7 +1,7 @@
 """Follow the detected face through a video and cut it out frame by frame.
 
 Tracking from one detection is faster than detecting on every frame and keeps the
-box steady (thesis 2.x on trackers, 3.2.1; paper 000 sec. 2.2, Table 1, where
+box steady (thesis 2.1.1 and 3.2.1; paper 000 sec. 2.2 and Table 1, where
 MedianFlow was the fastest of CSRT, KCF and MedianFlow with no failed sample).
 Everything here streams: one frame in, one face out, so no video is held in memory.
 """
@@ -50,7 +50,7 @@ def make_tracker(name: str):
 
 
 def halvings_for(box: Box, min_face_px: int) -> int:
-    """How many times a frame can be halved with the face still ``min_face_px`` wide."""
+    """How often a frame can be halved with the face still ``min_face_px`` wide (0: never)."""
     halvings, side = 0, min(box.w, box.h)
     while min_face_px and side >> (halvings + 1) >= min_face_px:
         halvings += 1
@@ -228,27 +228,26 @@ def compare_trackers(
     resizing, i.e. the track stage without writing. ``read_frames(video)`` decodes one
     video lazily.
     """
-    detections = {}
+    detections = []
     for video in videos:
         try:
-            detections[video] = detect_first_face(
-                read_frames(video), detector, frames_allowed, extend_px
-            )
+            detection = detect_first_face(read_frames(video), detector, frames_allowed, extend_px)
         except ItemError as exc:
-            detections[video] = exc
+            detection = exc
+        detections.append((video, detection))
     rows = []
     for name in tracker_names:
         make_tracker(name)  # unknown names fail before any timing
         failures, frames, seconds = [], 0, 0.0
-        for video, detection in detections.items():
+        for video, detection in detections:
             if isinstance(detection, ItemError):
                 failures.append((video, str(detection)))
                 continue
             start = time.perf_counter()
             try:
                 for _ in track_faces(
-                    read_frames(video), detection, name, size, True, detector, redetect_tries,
-                    extend_px,
+                    read_frames(video), detection, name, size,
+                    detector=detector, redetect_tries=redetect_tries, extend_px=extend_px,
                 ):
                     frames += 1
             except ItemError as exc:

@@ -1,0 +1,161 @@
+"""`fer fuse`: late fusion of the softmax outputs of finalized runs (thesis 3.2.6).
+
+Methods: ``average`` of the scores, ``weighted`` average with each run's mean CV validation
+accuracy as its weight (thesis eq. 3.2), and ``max`` (class-wise maximum, renormalised).
+Every combination is scored on the runs' cross-validation outputs (so a combination can be
+chosen without touching the test set) and on the test set: the thesis's Table 3.7.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import itertools
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from ..config import Config
+from ..engine import Context, Item, ItemOutput, Stage
+from ..errors import ConfigError, InputError
+from ..workspace import atomic_write_text, read_json
+
+METHODS = ("average", "weighted", "max")
+
+
+def fuse_scores(scores: list[np.ndarray], method: str,
+                weights: list[float] | None = None) -> np.ndarray:
+    """Fuse aligned (N, C) softmax arrays; rows stay distributions."""
+    stack = np.stack(scores)  # (R, N, C)
+    if method == "average":
+        fused = stack.mean(axis=0)
+    elif method == "weighted":
+        w = np.asarray(weights, dtype=float)
+        fused = np.tensordot(w / w.sum(), stack, axes=1)
+    elif method == "max":
+        fused = stack.max(axis=0)
+        fused = fused / fused.sum(axis=1, keepdims=True)
+    else:
+        raise ConfigError(f"unknown fusion method {method!r}; choose from {', '.join(METHODS)}")
+    return fused
+
+
+def finalized_runs(workdir: Path) -> dict[str, dict]:
+    """run name -> model.json of every finalized run on disk (several live side by side)."""
+    root = workdir / "finalize" / "runs"
+    runs = {}
+    for model_json in sorted(root.glob("*/model.json")):
+        runs[model_json.parent.name] = read_json(model_json, "model.json")
+    return runs
+
+
+def cv_probabilities_path(workdir: Path, run: str) -> list[Path]:
+    return sorted((workdir / "cv-train" / "runs" / run).glob("fold-*/val_probs.csv"))
+
+
+def fusion_name(runs: tuple[str, ...], method: str) -> str:
+    return "+".join(runs) + f"@{method}"
+
+
+class FuseStage(Stage):
+    name = "fuse"
+    help = "Late fusion (average, weighted, max) of finalized runs: the fusion table."
+    upstream = ("finalize",)
+    sections = ("fuse",)
+    shardable = False
+
+    def source_fingerprint(self, config: Config) -> str | None:
+        """Finalized runs live side by side on disk: their outputs are this stage's input."""
+        digest = hashlib.sha256()
+        for run, info in finalized_runs(config.workdir).items():
+            digest.update(f"{run}:{info.get('test_accuracy')}:{info.get('epochs')};".encode())
+        return digest.hexdigest()[:16]
+
+    def list_items(self, ctx: Context) -> list[Item]:
+        runs = finalized_runs(ctx.workdir)
+        params = ctx.params["fuse"]
+        names = params["runs"] or sorted(runs)
+        missing = [r for r in names if r not in runs]
+        if missing:
+            raise ConfigError(f"fuse.runs: no finalized run {', '.join(missing)}; "
+                              f"available: {', '.join(runs) or 'none'}")
+        if params["combinations"]:
+            combos = [tuple(c) for c in params["combinations"]]
+        else:
+            combos = [c for k in range(2, min(params["max_size"], len(names)) + 1)
+                      for c in itertools.combinations(names, k)]
+        if not combos:
+            raise InputError(f"fusion needs at least two finalized runs; found "
+                             f"{len(names)}", path=ctx.workdir / "finalize" / "runs",
+                             hint="Finalize another model (e.g. --set train.model=lstm)")
+        fingerprint = {r: runs[r] for r in names}
+        return [Item(hashlib.sha256("+".join(c).encode()).hexdigest()[:12],
+                     {r: fingerprint[r].get("test_accuracy") for r in c},
+                     {"runs": list(c)}) for c in combos]
+
+    def process_item(self, ctx: Context, item: Item) -> ItemOutput:
+        from ..evaluation import load_probabilities, save_probabilities
+
+        runs = item.payload["runs"]
+        classes = read_json(ctx.workdir / "index" / "classes.json", "classes.json")
+        cv = [_concat([load_probabilities(p, classes)
+                       for p in cv_probabilities_path(ctx.workdir, r)]) for r in runs]
+        test = [load_probabilities(ctx.workdir / "finalize" / "runs" / r / "test_probs.csv",
+                                   classes) for r in runs]
+        weights = [read_json(ctx.workdir / "cv-train" / "runs" / r / "run.json", "run.json")
+                   ["mean_best_val_accuracy"] for r in runs]
+        cv, test = _align(cv), _align(test)
+        files, rows = [], []
+        for method in ctx.params["fuse"]["methods"]:
+            row = {"combination": " + ".join(runs), "method": method, "runs": len(runs)}
+            for split, tables in (("cv", cv), ("test", test)):
+                fused = fuse_scores([t.probs for t in tables], method, weights)
+                row[f"{split}_accuracy"] = float(np.mean(fused.argmax(1) == tables[0].labels))
+                if split == "test":
+                    out = ctx.stage.path("fusions", fusion_name(tuple(runs), method),
+                                         "test_probs.csv")
+                    save_probabilities(replace(tables[0], probs=fused), out)
+                    files.append(out)
+            rows.append(row)
+        return ItemOutput(files, info={"runs": runs, "weights": weights, "rows": rows})
+
+    def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
+        rows = [row for r in records if r["status"] == "done" for row in r["info"]["rows"]]
+        rows.sort(key=lambda r: (-r["cv_accuracy"], r["combination"], r["method"]))
+        table_csv = ctx.stage.path("fusion_table.csv")
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["combination", "method", "runs",
+                                                    "cv_accuracy", "test_accuracy"],
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(table_csv, buffer.getvalue())
+        table = Table(title="Late fusion (thesis Table 3.7), sorted by CV accuracy")
+        for col in ("combination", "method", "CV acc", "test acc"):
+            table.add_column(col)
+        for row in rows[:20]:
+            table.add_row(row["combination"], row["method"], f"{row['cv_accuracy']:.3f}",
+                          f"{row['test_accuracy']:.3f}")
+        console.print(table)
+        return [table_csv]
+
+
+def _concat(tables):
+    first = tables[0]
+    return replace(first, **{f: np.concatenate([getattr(t, f) for t in tables])
+                             for f in ("names", "items", "subjects", "labels", "probs")})
+
+
+def _align(tables):
+    """Restrict every table to the names all share, in one order."""
+    common = sorted(set.intersection(*(set(t.names) for t in tables)))
+    out = []
+    for t in tables:
+        order = {n: i for i, n in enumerate(t.names)}
+        idx = np.array([order[n] for n in common], dtype=int)
+        out.append(replace(t, **{f: getattr(t, f)[idx]
+                                 for f in ("names", "items", "subjects", "labels", "probs")}))
+    return out

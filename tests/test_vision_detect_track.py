@@ -1,0 +1,318 @@
+"""Face detection, tracking and lossless clip I/O on real OpenCV with a real face photo.
+
+Test frames paste the head of ``skimage.data.astronaut()`` (a photo Haar finds) onto a flat
+grey canvas, so the true face position of every frame is known.
+"""
+from __future__ import annotations
+
+import csv
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from fercli.errors import ConfigError, FerError, ItemError
+from fercli.vision.clipio import ClipWriter, iter_clip, read_clip, temp_path_for, write_boxes_csv
+from fercli.vision.detect import (
+    Box,
+    HaarDetector,
+    YuNetDetector,
+    detect_first_face,
+    extend_box,
+    iou,
+    make_detector,
+)
+from fercli.vision.track import (
+    TRACKERS,
+    FaceTracker,
+    compare_trackers,
+    crop_face,
+    make_tracker,
+    track_faces,
+)
+
+# The head of the astronaut photo; Haar puts the face at about (47, 46, 95, 95) in it.
+HEAD = np.ascontiguousarray(data.astronaut()[20:220, 130:320, ::-1])
+FACE_IN_HEAD = Box(47, 46, 95, 95)
+CANVAS = (320, 400)  # height, width
+
+
+def blank(height: int = CANVAS[0], width: int = CANVAS[1]) -> np.ndarray:
+    return np.full((height, width, 3), 120, np.uint8)
+
+
+def noise(seed: int) -> np.ndarray:
+    """A frame of random pixels: nothing to track, no face to find."""
+    return np.random.default_rng(seed).integers(0, 256, (*CANVAS, 3), dtype=np.uint8)
+
+
+def frame_with_head(x: int, y: int, head: np.ndarray = HEAD, shape=CANVAS) -> np.ndarray:
+    frame = blank(*shape)
+    frame[y : y + head.shape[0], x : x + head.shape[1]] = head
+    return frame
+
+
+def moving_face(n_frames: int = 30, head: np.ndarray = HEAD, shape=CANVAS):
+    """Frames of a head drifting right and down, and the true face box in each."""
+    scale = head.shape[0] // HEAD.shape[0]
+    positions = [(30 + 2 * i, 20 + i) for i in range(n_frames)]
+    frames = [frame_with_head(x, y, head, shape) for x, y in positions]
+    truth = [
+        Box(x + FACE_IN_HEAD.x * scale, y + FACE_IN_HEAD.y * scale,
+            FACE_IN_HEAD.w * scale, FACE_IN_HEAD.h * scale)
+        for x, y in positions
+    ]
+    return frames, truth
+
+
+@pytest.fixture(scope="module")
+def haar():
+    return HaarDetector()
+
+
+def write_video(path, frames, fps=25):
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+# --- detection -------------------------------------------------------------------------------
+
+
+def test_haar_finds_the_one_face(haar):
+    frames, truth = moving_face(1)
+    boxes = haar.detect(frames[0])
+    assert len(boxes) == 1
+    assert iou(boxes[0], truth[0]) > 0.8
+
+
+def test_first_face_is_extended_10px_at_the_bottom(haar):
+    frames, _ = moving_face(3)
+    detection = detect_first_face(frames, haar)
+    raw = detection.raw_box
+    assert detection.frame_index == 0
+    assert detection.box == Box(raw.x, raw.y, raw.w, raw.h + 10)
+
+
+def test_detection_reads_only_up_to_the_face(haar):
+    frames, _ = moving_face(5)
+    read = []
+
+    def decoder():
+        for i, frame in enumerate([blank(), blank(), *frames]):
+            read.append(i)
+            yield frame
+
+    assert detect_first_face(decoder(), haar).frame_index == 2
+    assert read == [0, 1, 2]
+
+
+def test_blank_frames_have_no_face(haar):
+    with pytest.raises(ItemError, match="no face found in the first 10 frames"):
+        detect_first_face([blank()] * 15, haar)
+
+
+def test_face_after_the_allowed_frames_is_not_searched(haar):
+    frames, _ = moving_face(1)
+    with pytest.raises(ItemError, match="first 4 frames"):
+        detect_first_face([blank()] * 4 + frames, haar, frames_allowed=4)
+
+
+def test_two_faces_side_by_side_are_refused(haar):
+    frame = blank(320, 500)
+    frame[40:240, 20:210] = HEAD
+    frame[40:240, 270:460] = HEAD
+    with pytest.raises(ItemError, match="2 faces found in the first 3 frames, expected exactly one"):
+        detect_first_face([frame] * 3, haar)
+
+
+def test_no_frames_at_all(haar):
+    with pytest.raises(ItemError, match="no decodable frames"):
+        detect_first_face(iter([]), haar)
+
+
+def test_extend_and_clip_at_the_frame_edge():
+    # 10 px more height runs past the bottom edge; the box also pokes out on the right.
+    assert extend_box(Box(300, 280, 50, 30), 10, frame_w=320, frame_h=310) == Box(300, 280, 20, 30)
+    assert extend_box(Box(10, 10, 50, 50), 10, frame_w=320, frame_h=310) == Box(10, 10, 50, 60)
+    assert Box(-5, -8, 20, 20).clip(320, 310) == Box(0, 0, 15, 12)
+    assert Box(400, 0, 20, 20).clip(320, 310).area == 0
+
+
+def test_detector_registry():
+    assert isinstance(make_detector("haar", min_neighbors=5), HaarDetector)
+    with pytest.raises(ConfigError, match="haar, yunet"):
+        make_detector("mtcnn")
+    with pytest.raises(ConfigError, match="bad parameters"):
+        make_detector("haar", threshold=3)
+
+
+def test_missing_yunet_model_says_where_to_get_it(tmp_path):
+    model = tmp_path / "yunet.onnx"
+    with pytest.raises(ConfigError, match="face_detection_yunet") as info:
+        YuNetDetector(model)
+    assert str(model) in str(info.value)
+    model.write_bytes(b"not an onnx model")
+    with pytest.raises(ConfigError, match="cannot load the YuNet model"):
+        YuNetDetector(model)
+
+
+# --- tracking --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(TRACKERS))
+def test_every_registered_tracker_constructs_and_runs(name):
+    frames, truth = moving_face(2)
+    tracker = make_tracker(name)
+    tracker.init(frames[0], tuple(truth[0]))
+    ok, _ = tracker.update(frames[1])
+    assert ok
+
+
+def test_unknown_tracker_lists_the_allowed_names():
+    with pytest.raises(ConfigError, match="medianflow, kcf, csrt, mosse, mil, tld, boosting"):
+        make_tracker("siamrpn")
+
+
+@pytest.mark.parametrize("name", ["medianflow", "kcf", "csrt"])
+def test_tracker_stays_on_a_moving_face(haar, name):
+    frames, truth = moving_face(30)
+    detection = detect_first_face(frames, haar)
+    tracked = list(track_faces(frames, detection, name, size=64, detector=haar))
+    assert [t.frame_index for t in tracked] == list(range(30))
+    assert tracked[0].source == "detect"
+    assert {t.source for t in tracked[1:]} == {"track"}
+    assert min(iou(t.box, true) for t, true in zip(tracked, truth)) > 0.5
+    assert all(t.face.shape == (64, 64, 3) for t in tracked)
+
+
+def test_large_face_is_tracked_on_halved_frames(haar):
+    big_head = cv2.resize(HEAD, None, fx=2, fy=2)
+    frames, truth = moving_face(20, big_head, shape=(560, 700))
+    detection = detect_first_face(frames, haar)
+    assert FaceTracker("medianflow", detection.box).halvings == 1
+    tracked = list(track_faces(frames, detection, size=64, color=False))
+    assert min(iou(t.box, true) for t, true in zip(tracked, truth)) > 0.7
+    assert tracked[-1].face.shape == (64, 64)
+
+
+def test_frames_before_the_detection_are_dropped(haar):
+    frames, _ = moving_face(8)
+    video = [blank(), blank(), *frames]
+    detection = detect_first_face(video, haar)
+    tracked = list(track_faces(video, detection, size=32))
+    assert detection.frame_index == 2
+    assert [t.frame_index for t in tracked] == list(range(2, 10))
+
+
+def test_lost_face_is_held_then_redetected(haar):
+    frames, truth = moving_face(25)
+    frames[15] = noise(15)  # one frame without a face: the tracker fails there
+    detection = detect_first_face(frames, haar)
+    tracked = list(track_faces(frames, detection, size=32, detector=haar))
+    sources = [t.source for t in tracked]
+    assert sources[15:18] == ["hold", "redetect", "track"]
+    assert tracked[15].box == tracked[14].box
+    assert iou(tracked[16].box, truth[16]) > 0.8
+    assert tracked[15].row == (15, *tracked[14].box, "hold")
+
+
+def test_face_gone_for_good_fails_after_the_allowed_tries(haar):
+    frames, _ = moving_face(15)
+    frames += [noise(i) for i in range(10)]
+    detection = detect_first_face(frames, haar)
+    message = "tracker lost the face at frame 15 and re-detection failed after 3 tries"
+    with pytest.raises(ItemError, match=message):
+        list(track_faces(frames, detection, size=32, detector=haar, redetect_tries=3))
+    with pytest.raises(ItemError, match="re-detection is off"):
+        list(track_faces(frames, detection, size=32))
+
+
+def test_crop_is_resized_and_grey_on_request():
+    frame = frame_with_head(0, 0)
+    face = crop_face(frame, Box(47, 46, 95, 105), 160, color=False)
+    assert face.shape == (160, 160) and face.dtype == np.uint8
+    small = crop_face(frame, Box(47, 46, 95, 105), 48, color=True)
+    expected = cv2.resize(frame[46:151, 47:142], (48, 48), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(small, expected)
+
+
+def test_compare_trackers_counts_failures_and_speed(haar, tmp_path):
+    frames, _ = moving_face(20)
+    good = write_video(tmp_path / "good.avi", frames)
+    empty = write_video(tmp_path / "empty.avi", [blank()] * 12)
+    rows = compare_trackers([good, empty], ["medianflow", "kcf"], haar, iter_clip, size=32)
+    assert [r["tracker"] for r in rows] == ["medianflow", "kcf"]
+    for row in rows:
+        assert (row["items"], row["failed"], row["frames"]) == (2, 1, 20)
+        assert row["fps"] > 0
+        assert row["failures"][0][0] == empty
+        assert "no face found" in row["failures"][0][1]
+
+
+# --- clips -----------------------------------------------------------------------------------
+
+
+def random_faces(n: int, color: bool, size: int = 48) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    shape = (size, size, 3) if color else (size, size)
+    return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("codec", "suffix", "color"),
+    [("ffv1", ".mkv", True), ("ffv1", ".mkv", False), ("huffyuv", ".avi", True)],
+)
+def test_lossless_round_trip_is_bit_exact(tmp_path, codec, suffix, color):
+    faces = random_faces(6, color)
+    path = tmp_path / f"clip{suffix}"
+    with ClipWriter(path, 48, color, fps=25, codec=codec) as writer:
+        for face in faces:
+            writer.write(face)
+    clip = read_clip(path, color)
+    assert clip.shape == (6, *faces[0].shape)
+    assert np.array_equal(clip, np.stack(faces))
+    assert not temp_path_for(path).exists()
+
+
+def test_failed_writer_leaves_no_file(tmp_path):
+    path = tmp_path / "clip.mkv"
+    with pytest.raises(RuntimeError, match="stop"), ClipWriter(path, 48, True, 25) as writer:
+        writer.write(random_faces(1, True)[0])
+        assert temp_path_for(path).exists()
+        raise RuntimeError("stop")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_frame_of_the_wrong_shape_is_refused(tmp_path):
+    writer = ClipWriter(tmp_path / "clip.mkv", 48, color=False, fps=25)
+    with pytest.raises(ValueError, match="does not fit"), writer:
+        writer.write(random_faces(1, True)[0])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_that_cannot_open_says_so(tmp_path):
+    writer = ClipWriter(tmp_path / "missing" / "clip.mkv", 48, True, 25)
+    with pytest.raises(FerError, match="cannot open a ffv1 video writer"):
+        writer.__enter__()
+
+
+def test_huffyuv_grey_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="grey"):
+        ClipWriter(tmp_path / "clip.avi", 48, color=False, fps=25, codec="huffyuv")
+
+
+def test_boxes_csv(tmp_path, haar):
+    frames, _ = moving_face(3)
+    tracked = list(track_faces(frames, detect_first_face(frames, haar), size=32))
+    path = tmp_path / "boxes.csv"
+    write_boxes_csv(path, (t.row for t in tracked))
+    rows = list(csv.reader(path.open()))
+    assert rows[0] == ["frame", "x", "y", "w", "h", "source"]
+    assert [r[0] for r in rows[1:]] == ["0", "1", "2"]
+    assert rows[1][1:] == [*map(str, tracked[0].box), "detect"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["boxes.csv"]
