@@ -151,8 +151,9 @@ SCHEMA: dict[str, dict[str, Param]] = {
                        "model file (e.g. from `fer pretrain`)."),
         "layer": _p(None, str, "Layer to take features from; null: the backbone's default "
                     "(e.g. vgg16 `flatten` -> 25088).", nullable=True),
-        "weights": _p("imagenet", str, "Weights for keras.applications backbones: imagenet, "
-                      "a file path, or null (random init).", nullable=True),
+        "weights": _p("default", str, "default (the backbone's own: imagenet for vgg16/"
+                      "resnet50/densenet201, fer2013 for minixception), imagenet, fer2013, a "
+                      "weights file, or null (random init).", nullable=True),
         "batch_size": _p(64, int, "Frames per forward pass.", min=1),
         "max_frames": _p(100, int, "Sequence length for training; longer clips are "
                          "truncated, shorter ones padded and masked (thesis 3.2.3).", min=1),

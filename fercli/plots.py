@@ -214,3 +214,197 @@ def plot_cv_curves(mean: Sequence[Mapping], folds: Sequence[Sequence[Mapping]],
         axes.legend(loc="best")
     figure.suptitle(title)
     return save_figure(figure, path)
+
+
+# --------------------------------------------------------------------------- evaluation figures
+def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | Path,
+                   title: str) -> Path:
+    """Confusion matrix in counts and row-normalised, side by side with every cell written
+    in (thesis Figures 3.12 and 3.28); rows are the true class."""
+    counts = np.asarray(matrix, dtype=np.int64)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    side = 2.2 + 0.62 * len(classes)
+    figure = new_figure(2 * side + 0.8, side)
+    for axes, values, fmt, heading, top in zip(
+            figure.subplots(1, 2), (counts, shares), ("{:d}", "{:.2f}"),
+            ("counts", "normalised (share of true class)"),
+            (max(int(counts.max()), 1), 1.0)):
+        image = axes.imshow(values, cmap="Blues", vmin=0, vmax=top)
+        figure.colorbar(image, ax=axes, shrink=0.8)
+        axes.set_xticks(range(len(classes)), classes, rotation=40, ha="right")
+        axes.set_yticks(range(len(classes)), [f"{c} ({n})" for c, n in
+                                              zip(classes, totals[:, 0])])
+        axes.set_xlabel("predicted")
+        axes.set_ylabel("true (n)")
+        axes.set_title(heading)
+        for (row, col), value in np.ndenumerate(values):
+            axes.text(col, row, fmt.format(value), ha="center", va="center", fontsize=9,
+                      color="white" if value > top / 2 else "black")
+    figure.suptitle(f"{title} (accuracy {np.trace(counts) / max(counts.sum(), 1):.1%})")
+    return save_figure(figure, path)
+
+
+def _percent(value: float, _position: int) -> str:
+    """Tick label of a 0-1 share as a percentage."""
+    return f"{value:.0%}"
+
+
+def _class_boxes(axes, values: Mapping[str, Sequence[float]]) -> None:
+    """One box per class with every point jittered on top (so no separate outlier marks);
+    ``n`` under every class name."""
+    names = list(values)
+    data = [np.asarray(values[name], dtype=np.float64) for name in names]
+    filled = [i for i, column in enumerate(data) if len(column)]
+    if filled:
+        parts = axes.boxplot([data[i] for i in filled], positions=filled, widths=0.55,
+                             showmeans=True, showfliers=False,
+                             medianprops={"color": "tab:orange", "linewidth": 2},
+                             meanprops={"marker": "^", "markerfacecolor": "tab:green",
+                                        "markeredgecolor": "tab:green", "markersize": 6})
+        parts["medians"][0].set_label("median")
+        parts["means"][0].set_label("mean")
+        axes.legend(loc="lower left", fontsize="x-small")
+    jitter = np.random.default_rng(0)
+    for i, column in enumerate(data):
+        axes.plot(i + jitter.uniform(-0.12, 0.12, len(column)), column, "o",
+                  color="tab:blue", alpha=0.45, markersize=3.5)
+    axes.set_xticks(range(len(names)), [f"{name}\nn={len(column)}"
+                                        for name, column in zip(names, data)])
+    axes.set_xlim(-0.6, len(names) - 0.4)
+    axes.grid(axis="y", alpha=0.3)
+
+
+def plot_confidence(values: Mapping[str, Sequence[float]], path: str | Path,
+                    title: str) -> Path:
+    """Max softmax score of the correct predictions of each class (thesis 3.3.2 lists them)."""
+    figure = new_figure(1.6 + 1.1 * len(values), 4.2)
+    axes = figure.add_subplot()
+    _class_boxes(axes, values)
+    axes.set_ylim(0, 1.04)
+    axes.set_ylabel("confidence (max softmax)")
+    axes.set_title(title)
+    return save_figure(figure, path)
+
+
+def plot_subject_accuracy(per_subject: Mapping[str, Mapping], path: str | Path, title: str,
+                          overall: float | None = None) -> Path:
+    """Accuracy of each test subject as bars labelled correct/n, with the overall line."""
+    subjects = list(per_subject)
+    accuracy = [per_subject[s]["accuracy"] for s in subjects]
+    figure = new_figure(max(5.0, 1.5 + 0.45 * len(subjects)), 3.8)
+    axes = figure.add_subplot()
+    bars = axes.bar(subjects, accuracy, color="tab:blue")
+    axes.bar_label(bars, [f"{per_subject[s]['correct']}/{per_subject[s]['n']}"
+                          for s in subjects], fontsize="x-small")
+    if overall is not None:
+        axes.axhline(overall, color="tab:orange", linestyle="--",
+                     label=f"overall {overall:.1%}")
+        axes.legend(loc="lower right", fontsize="small")
+    axes.set_ylim(0, 1.1)
+    axes.set_ylabel("accuracy")
+    axes.set_xlabel("subject")
+    axes.tick_params(axis="x", labelrotation=60 if len(subjects) > 12 else 0)
+    axes.set_title(title)
+    return save_figure(figure, path)
+
+
+def plot_human_boxes(values: Mapping[str, Sequence[float]], path: str | Path,
+                     title: str) -> Path:
+    """Per-annotator accuracy of each class as box plots (thesis Figure 3.25); the median
+    of every box is written beside it."""
+    figure = new_figure(1.6 + 1.1 * len(values), 4.4)
+    axes = figure.add_subplot()
+    _class_boxes(axes, values)
+    for i, column in enumerate(values.values()):
+        if len(column):
+            median = float(np.median(column))
+            axes.annotate(f"{median:.0%}", (i + 0.3, median), fontsize="x-small",
+                          va="center", color="tab:orange")
+    axes.set_ylim(-0.03, 1.05)
+    axes.yaxis.set_major_formatter(_percent)
+    axes.set_ylabel("accuracy per annotator")
+    axes.set_title(title)
+    return save_figure(figure, path)
+
+
+def plot_model_vs_human(classes: Sequence[str], model: Sequence[float | None],
+                        human: Sequence[float | None], path: str | Path, title: str) -> Path:
+    """Model recall beside pooled human accuracy for each class (thesis 3.3.2 compares them)."""
+    positions = np.arange(len(classes))
+    width = 0.4
+    figure = new_figure(1.6 + 1.1 * len(classes), 4.2)
+    axes = figure.add_subplot()
+    for offset, values, name, colour in ((-width / 2, model, "model (recall)", "tab:blue"),
+                                         (width / 2, human, "human (all annotations)",
+                                          "tab:gray")):
+        heights = [np.nan if v is None else v for v in values]
+        bars = axes.bar(positions + offset, heights, width, color=colour, label=name)
+        axes.bar_label(bars, ["" if v is None else f"{v:.0%}" for v in values],
+                       fontsize="x-small")
+    axes.set_xticks(positions, classes)
+    axes.set_ylim(0, 1.12)
+    axes.yaxis.set_major_formatter(_percent)
+    axes.set_ylabel("accuracy")
+    axes.legend(loc="upper left", fontsize="small", ncols=2)
+    axes.set_title(title)
+    return save_figure(figure, path)
+
+
+# --------------------------------------------------------------------------- prediction figures
+def plot_prediction_timeline(starts: Sequence[float], ends: Sequence[float],
+                             probabilities: np.ndarray, labels: Sequence[str | None],
+                             classes: Sequence[str], path: str | Path, title: str) -> Path:
+    """Per-window class probabilities over time (one line per class, broken where a window
+    had no face) above a strip of the predicted labels, like seed 004's per-video emotion
+    analyses (Figures 3-4). Each strip cell runs from a window's start to the next one's,
+    so overlapping windows do not hide each other; windows without a face stay grey."""
+    starts, ends = np.asarray(starts, float), np.asarray(ends, float)
+    values = np.asarray(probabilities, dtype=np.float64).reshape(len(starts), len(classes))
+    colours = {name: f"C{i % 10}" for i, name in enumerate(classes)}
+    figure = new_figure(max(8.0, min(18.0, 4 + 0.08 * len(starts))), 4.6)
+    lines, strip = figure.subplots(2, 1, sharex=True, height_ratios=[4, 1])
+    middles = (starts + ends) / 2
+    for i, name in enumerate(classes):
+        lines.plot(middles, values[:, i], color=colours[name], linewidth=1.4, marker=".",
+                   markersize=4, label=name)
+    lines.set_ylim(0, 1.02)
+    lines.set_ylabel("probability")
+    lines.grid(alpha=0.3)
+    lines.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    lines.set_title(title)
+    cell_ends = np.append(starts[1:], ends[-1]) if len(starts) else ends
+    for start, stop, label in zip(starts, cell_ends, labels):
+        strip.axvspan(start, stop, color=colours[label] if label else "0.85", linewidth=0)
+    strip.set_yticks([])
+    strip.set_ylabel("label", rotation=0, ha="right", va="center")
+    strip.set_xlabel("time (s)")
+    if len(starts):
+        strip.set_xlim(starts[0], ends[-1])
+    return save_figure(figure, path)
+
+
+def plot_prediction_distribution(
+        groups: Sequence[tuple[str, Mapping[str, float], Mapping[str, float]]],
+        path: str | Path, title: str) -> Path:
+    """Share of windows per predicted label beside each label's mean probability, one panel
+    per label set (``(name, shares, mean probabilities)``: the classes, then a mapping such
+    as seed 004's positive/neutral/negative)."""
+    figure = new_figure(max(5.0, sum(1.5 + 0.7 * len(s) for _, s, _ in groups)), 3.8)
+    panels = figure.subplots(1, len(groups), squeeze=False)[0]
+    width = 0.4
+    for axes, (name, shares, means) in zip(panels, groups):
+        labels = list(shares)
+        positions = np.arange(len(labels))
+        for offset, values, legend, colour in (
+                (-width / 2, [shares[n] for n in labels], "share of windows", "tab:blue"),
+                (width / 2, [means[n] for n in labels], "mean probability", "tab:gray")):
+            bars = axes.bar(positions + offset, values, width, color=colour, label=legend)
+            axes.bar_label(bars, [f"{v:.0%}" for v in values], fontsize="x-small")
+        axes.set_xticks(positions, labels, rotation=30 if len(labels) > 4 else 0)
+        axes.set_ylim(0, 1.12)
+        axes.yaxis.set_major_formatter(_percent)
+        axes.set_title(name)
+        axes.legend(loc="upper right", fontsize="x-small")
+    figure.suptitle(title)
+    return save_figure(figure, path)

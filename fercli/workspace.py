@@ -23,6 +23,8 @@ from typing import Any, Iterator
 from .errors import ArtifactError, FerError, InputError, LockError
 
 SCHEMA_VERSION = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+@-]{0,199}$")
 
 
@@ -44,6 +46,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise FerError("the writer produced no file", path=path)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give it a normal file's mode
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -5,7 +5,10 @@ from ..engine import Stage
 from .augment import AugmentStage
 from .cv_train import CvTrainStage
 from .detect import DetectStage
+from .evaluate import EvaluateStage
+from .extract import ExtractStage
 from .finalize import FinalizeStage
+from .fuse import FuseStage
 from .index import IndexStage
 from .split import SplitStage
 from .track import TrackStage
@@ -18,9 +21,9 @@ PIPELINE: dict[str, Stage | None] = {
     "track": TrackStage(),
     "trim": TrimStage(),
     "augment": AugmentStage(),
-    "extract": None,
+    "extract": ExtractStage(),
     "cv-train": CvTrainStage(),
     "finalize": FinalizeStage(),
-    "fuse": None,
-    "evaluate": None,
+    "fuse": FuseStage(),
+    "evaluate": EvaluateStage(),
 }

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from ..config import Config
 from ..engine import Context, Item, ItemOutput, Stage
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, MissingUpstreamError
 from ..workspace import atomic_write_text, read_json
 
 METHODS = ("average", "weighted", "max")
@@ -63,7 +63,8 @@ def fusion_name(runs: tuple[str, ...], method: str) -> str:
 class FuseStage(Stage):
     name = "fuse"
     help = "Late fusion (average, weighted, max) of finalized runs: the fusion table."
-    upstream = ("finalize",)
+    # No engine upstream: it fuses every finalized run on disk (several experiments live
+    # side by side), whatever the current train config; those runs are its source files.
     sections = ("fuse",)
     shardable = False
 
@@ -76,6 +77,9 @@ class FuseStage(Stage):
 
     def list_items(self, ctx: Context) -> list[Item]:
         runs = finalized_runs(ctx.workdir)
+        if not runs:
+            raise MissingUpstreamError("no finalized run", path=ctx.workdir / "finalize",
+                                       hint="Run `fer finalize` first")
         params = ctx.params["fuse"]
         names = params["runs"] or sorted(runs)
         missing = [r for r in names if r not in runs]
@@ -117,7 +121,7 @@ class FuseStage(Stage):
                 if split == "test":
                     out = ctx.stage.path("fusions", fusion_name(tuple(runs), method),
                                          "test_probs.csv")
-                    save_probabilities(replace(tables[0], probs=fused), out)
+                    save_probabilities(replace(tables[0], probs=fused), out, classes)
                     files.append(out)
             rows.append(row)
         return ItemOutput(files, info={"runs": runs, "weights": weights, "rows": rows})
@@ -143,10 +147,15 @@ class FuseStage(Stage):
         return [table_csv]
 
 
+_FIELDS = ("names", "items", "subjects", "labels", "probs")
+
+
 def _concat(tables):
-    first = tables[0]
-    return replace(first, **{f: np.concatenate([getattr(t, f) for t in tables])
-                             for f in ("names", "items", "subjects", "labels", "probs")})
+    """One table from several (the folds' validation outputs of a run)."""
+    return replace(tables[0], **{f: [v for t in tables for v in getattr(t, f)]
+                                 for f in _FIELDS[:3]},
+                   labels=np.concatenate([t.labels for t in tables]),
+                   probs=np.concatenate([t.probs for t in tables]))
 
 
 def _align(tables):
@@ -155,7 +164,7 @@ def _align(tables):
     out = []
     for t in tables:
         order = {n: i for i, n in enumerate(t.names)}
-        idx = np.array([order[n] for n in common], dtype=int)
-        out.append(replace(t, **{f: getattr(t, f)[idx]
-                                 for f in ("names", "items", "subjects", "labels", "probs")}))
+        idx = [order[n] for n in common]
+        out.append(replace(t, **{f: [getattr(t, f)[i] for i in idx] for f in _FIELDS[:3]},
+                           labels=t.labels[idx], probs=t.probs[idx]))
     return out
