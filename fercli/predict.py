@@ -57,7 +57,6 @@ from .vision.track import FaceTracker, crop_face
 from .vision.trim import motion_scores, trim_range
 from .workspace import atomic_write_json, atomic_write_text, read_json
 
-VIDEO_STATUSES = ("ok", "no face", "several faces", "unreadable")
 DEFAULT_VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov")
 PREDICT_BATCH = 16  # sequences per forward pass (windows of hours of video stream through)
 TRIM_KEYS = ("min_frames_end", "threshold_ratio", "max_cut_ratio", "anomaly_last_frames")
@@ -160,8 +159,9 @@ def load_run(run_dir: Path) -> FinalizedRun:
     info = read_json(run_dir / "model.json", "model.json")
     config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     classes = list(read_json(run_dir / "classes.json", "classes.json"))
-    workdir = run_dir.resolve().parents[2]  # <workdir>/finalize/runs/<run>
-    cv_json = workdir / "cv-train" / "runs" / run_dir.name / "run.json"
+    # <workdir>/finalize/runs/<run> -> <workdir>/cv-train/runs/<run>/run.json
+    cv_json = run_dir.resolve().parent.parent.parent / "cv-train" / "runs" / run_dir.name \
+        / "run.json"
     weight = (read_json(cv_json, "run.json").get("mean_best_val_accuracy")
               if cv_json.is_file() else None)
     return FinalizedRun(run_dir.name, run_dir, info, config, classes,
@@ -205,7 +205,7 @@ class FeatureEncoder:
         if is_model_file(backbone) and not Path(backbone).expanduser().exists():
             # model.json keeps the config's text, relative to a config file it does not name;
             # `fer` runs beside its workdir by default, so try the workdir's parent
-            backbone = str(run.path.resolve().parents[3] / backbone)
+            backbone = str(run.path.resolve().parent.parent.parent.parent / backbone)
         self.batch_size = int(extract.get("batch_size") or 64)
         self.dtype = extract.get("dtype", "float32")
         self.extractor = build_feature_extractor(
@@ -248,12 +248,14 @@ class ClipEncoder:
         return codes.astype(np.float32) / 255.0  # clip_dataset's scaling
 
 
-def model_inputs(run: FinalizedRun, encoder, sequences: Sequence[np.ndarray]) -> dict:
-    """Batch of sequences padded with zeros or truncated to the run's max_frames, plus masks."""
+def model_inputs(run: FinalizedRun, encoder, sequences: Sequence[np.ndarray],
+                 rows: int) -> dict:
+    """``rows`` sequences (zeros after the given ones) padded with zeros or truncated to the
+    run's max_frames, plus masks. A fixed row count keeps one traced graph per model."""
     length = run.max_frames
     shape = sequences[0].shape[1:]
-    data = np.zeros((len(sequences), length, *shape), sequences[0].dtype)
-    mask = np.zeros((len(sequences), length), np.float32)
+    data = np.zeros((rows, length, *shape), sequences[0].dtype)
+    mask = np.zeros((rows, length), np.float32)
     for i, seq in enumerate(sequences):
         n = min(len(seq), length)
         data[i, :n] = seq[:n]
@@ -455,9 +457,9 @@ class Predictor:
         for run in self.runs:
             key = run.encoder_key()
             encoder = self.encoders[key]
-            parts = [run.model.predict(model_inputs(run, encoder, [c[key] for c in chunk]),
-                                       batch_size=PREDICT_BATCH, verbose=0)
-                     for chunk in batched(codes, PREDICT_BATCH)]
+            parts = [run.model.predict_on_batch(model_inputs(
+                run, encoder, [c[key] for c in chunk], PREDICT_BATCH))[:len(chunk)]
+                for chunk in batched(codes, PREDICT_BATCH)]
             out.append(np.concatenate(parts).astype(np.float64))
         return out
 
@@ -546,7 +548,7 @@ def output_names(videos: Sequence[Path]) -> list[str]:
     """One folder name per video: its stem, with -2, -3 ... when stems repeat."""
     names, used = [], Counter()
     for video in videos:
-        stem = video.stem if video.is_file() else video.name
+        stem = video.name if video.is_dir() else video.stem
         used[stem] += 1
         names.append(stem if used[stem] == 1 else f"{stem}-{used[stem]}")
     return names
@@ -571,6 +573,8 @@ def video_meta(path: Path, sequence_fps: float) -> tuple[float, int | None]:
 # --------------------------------------------------------------------------- one video
 @dataclass
 class Settings:
+    """How a video is read: every n-th frame, whole (window None) or in windows (seconds)."""
+
     every: int
     window: float | None
     stride: float | None
@@ -598,7 +602,7 @@ def predict_video(path: Path, predictor: Predictor, detector: FaceDetector,
         spec = WindowSpec(settings.window, settings.stride, fps)
         start, end = spec.bounds(0)
         if sampled_in(start, end, settings.every) == 0:
-            raise ItemError(f"a {settings.window} s window holds no sampled frame at {fps:g} "
+            raise ConfigError(f"a {settings.window} s window holds no sampled frame at {fps:g} "
                             f"fps with every {settings.every}",
                             hint="Lengthen the window or lower --every")
         result = _windows(sampler.samples(frames()), predictor, spec, settings, sampler)
@@ -615,9 +619,9 @@ def predict_video(path: Path, predictor: Predictor, detector: FaceDetector,
         "several_faces_frames": counts["several faces"],
         "timing": {"seconds": round(seconds, 3),
                    "frames_per_second": round(sampler.frames_read / max(seconds, 1e-9), 1)}})
-    if result["status"] in ("no face", "several faces") and not result.get("reason"):
+    if result["status"] in ("no face", "several faces"):
         result["reason"] = _faceless_reason(result["status"], result["sampled_frames"],
-                                            counts["several faces"])
+                                            counts["several faces"], result["face_frames"])
     return result
 
 
@@ -625,7 +629,10 @@ def _faceless_status(counts: Counter) -> str:
     return "several faces" if counts["several faces"] else "no face"
 
 
-def _faceless_reason(status: str, sampled: int, several: int) -> str:
+def _faceless_reason(status: str, sampled: int, several: int, faces: int) -> str:
+    if faces:  # window mode: faces were found, but in no window often enough
+        return (f"no window had a single face in half its sampled frames ({faces} of "
+                f"{sampled} sampled frames had one). Try a longer --window")
     if status == "several faces":
         return (f"{several} of {sampled} sampled frames showed several faces and none a single "
                 "one. Crop the video to one person")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def _log_text(rows: list[dict]) -> str:
 
 def train_resumable(run_dir: Path, build, train_ds, val_ds, *, epochs: int, seed: int,
                     early_stopping: dict | None = None, tensorboard: bool = True,
-                    log=print) -> FoldResult:
+                    log=None) -> FoldResult:
     """Fit ``build()`` for ``epochs`` (or until early stopping), resuming from run_dir.
 
     ``early_stopping`` (finalize): {"patience", "lr_factor", "lr_patience"} adds
@@ -132,6 +133,7 @@ def train_resumable(run_dir: Path, build, train_ds, val_ds, *, epochs: int, seed
     on resume so a restart stops where an uninterrupted run would.
     """
     keras = _keras()
+    log = log or (lambda message: print(message, file=sys.stderr))
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(seed)
     state = read_state(run_dir)

@@ -1,0 +1,215 @@
+"""The whole pipeline on a slice of sample_data: extract -> cv-train -> finalize -> fuse ->
+evaluate -> report, with real OpenCV, real Keras training and real HDF5 files."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
+
+from fercli.config import load_config
+from fercli.engine import run_stage
+from fercli.featurestore import FeatureStore
+from fercli.stages import PIPELINE
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = [
+    f"index.root={ROOT / 'sample_data'}", "index.exclude_subjects=[F003, F004, M004]",
+    "split.folds=2", "split.test_fraction=0.2", "track.size=64",
+    "augment.methods=[flip]", "extract.backbone=small-cnn", "extract.max_frames=40",
+    "train.epochs=3", "train.batch_size=8", "train.tensorboard=false",
+    "train.model_params={filters: [8, 8, 16, 16], dense_units: [16]}",
+    "finalize.max_epochs=4", "finalize.patience=2", "finalize.lr_patience=1",
+]
+
+
+def config(workdir: Path, *extra: str):
+    return load_config(None, [f"workdir={workdir}", *SETTINGS, *extra])
+
+
+def run(cfg, *stages, **kw):
+    return [run_stage(PIPELINE[s], cfg, PIPELINE, **kw) for s in stages]
+
+
+def rows(path: Path) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(path.read_text())))
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("pipeline") / "work"
+    cfg = config(workdir)
+    run(cfg, "index", "split", "detect", "track", "trim", "augment", "extract", "cv-train",
+        "finalize")
+    return workdir
+
+
+def test_feature_store_rows_masks_and_augmentation(work):
+    splits = json.loads((work / "split/splits.json").read_text())
+    index = {r["item_id"]: r for r in rows(work / "index/index.csv")}
+    classes = json.loads((work / "index/classes.json").read_text())
+    with FeatureStore(work / "extract/features.h5") as store:
+        originals = store.augment == ""
+        assert originals.sum() == len(index) == 30
+        assert (~originals).sum() == sum(len(f) for f in splits["items"]["folds"])  # 1 method
+        assert store.feature_dim == 128 and store.onehot.shape == (len(store), 6)
+        test_items = set(splits["items"]["test"])
+        for i in range(len(store)):
+            item = store.items[i]
+            assert store.subjects[i] == index[item]["subject"]
+            assert classes[store.labels[i]] == index[item]["label"]
+            if item in test_items:
+                assert store.parts[i] == "test" and store.augment[i] == ""
+            features, mask = store.sequence(i, 40)
+            n = store.lengths[i]
+            assert mask.sum() == min(n, 40) and mask[:min(n, 40)].all()
+            assert not features[min(n, 40):].any()
+        assert store.lengths.max() > 40  # some clips are truncated, others padded
+        assert store.lengths.min() < 40
+
+
+def test_cv_train_folds_are_subject_disjoint_and_summarised(work):
+    manifest = json.loads((work / "cv-train/manifest.json").read_text())
+    folds = manifest["items"]
+    assert sorted(folds) == ["fold-0", "fold-1"]
+    run = folds["fold-0"]["info"]["run"]
+    assert run.startswith("cnn1d-small-")
+    for info in (f["info"] for f in folds.values()):
+        assert not set(info["val_subjects"]) & set(info["train_subjects"])
+        assert info["epochs"] == 3 and info["devices"]
+    run_dir = work / "cv-train/runs" / run
+    for name in ("mean_curve.png", "mean_curve.csv", "summary.csv", "config.yaml",
+                 "classes.json", "run.json"):
+        assert (run_dir / name).is_file(), name
+    log = rows(run_dir / "fold-0/log.csv")
+    assert [int(r["epoch"]) for r in log] == [1, 2, 3]
+    val = rows(run_dir / "fold-1/val_probs.csv")
+    assert all(abs(sum(float(r[c]) for c in json.loads((run_dir / "classes.json")
+                                                      .read_text())) - 1) < 1e-3 for r in val)
+
+
+def test_finalize_writes_model_epochs_and_test_probabilities(work):
+    run_dir = next((work / "finalize/runs").iterdir())
+    info = json.loads((run_dir / "model.json").read_text())
+    assert info["epochs"] >= 1 and len(info["fold_epochs"]) == 2
+    assert (run_dir / "model.keras").stat().st_size > 0
+    test = rows(run_dir / "test_probs.csv")
+    assert len(test) == 6 and info["test_rows"] == 6
+
+
+def test_cv_train_single_fold(work):
+    cfg = config(work, "train.epochs=2")
+    result = run_stage(PIPELINE["cv-train"], cfg, PIPELINE, only=["fold-1"])
+    assert result.n_processed == 1 and not result.complete
+    runs = [p for p in (work / "cv-train/runs").iterdir() if "fold-1" in
+            {q.name for q in p.iterdir()} and not (p / "fold-0").exists()]
+    assert len(runs) == 1  # a new run folder holding fold 1 only
+
+
+def test_killed_fold_resumes_at_the_next_epoch(work, tmp_path):
+    extra = ["train.model=lstm", "train.model_params={units: 8}", "train.epochs=8"]
+    args = [sys.executable, "-m", "fercli.cli", "cv-train", "--fold", "0"]
+    for setting in [f"workdir={work}", *SETTINGS, *extra]:
+        args += ["--set", setting]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    states = []
+    while time.time() < deadline and proc.poll() is None:
+        states = list((work / "cv-train/runs").glob("lstm-*/fold-0/state.json"))
+        if states and json.loads(states[0].read_text())["epoch"] >= 2:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    fold_dir = states[0].parent
+    killed_at = json.loads(states[0].read_text())["epoch"]
+    assert 2 <= killed_at < 8
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = rows(fold_dir / "log.csv")
+    assert [int(r["epoch"]) for r in log] == list(range(1, 9))  # no gap, no duplicate
+    assert f"resuming fold-0 at epoch {killed_at + 1}" in result.stderr
+    assert len(list(fold_dir.glob("latest-e*.keras"))) == 1
+
+
+def test_fuse_and_evaluate_match_sklearn(work):
+    from fercli.evaluation import load_probabilities
+    from fercli.stages.fuse import fuse_scores
+
+    cfg = config(work, "train.model=lstm", "train.model_params={units: 8}")
+    run(cfg, "cv-train", "finalize", "fuse", "evaluate")
+    table = rows(work / "fuse/fusion_table.csv")
+    assert {r["method"] for r in table} == {"average", "weighted", "max"}
+    classes = json.loads((work / "index/classes.json").read_text())
+    summary = {r["target"]: r for r in rows(work / "evaluate/summary.csv")}
+    for run_dir in (work / "finalize/runs").iterdir():
+        probs = load_probabilities(run_dir / "test_probs.csv", classes)
+        metrics = json.loads((work / "evaluate/targets" / run_dir.name / "metrics.json")
+                             .read_text())
+        pred = probs.probs.argmax(1)
+        assert metrics["accuracy"] == pytest.approx(accuracy_score(probs.labels, pred))
+        assert metrics["uar"] == pytest.approx(balanced_accuracy_score(probs.labels, pred))
+        assert np.array_equal(metrics["confusion"],
+                              confusion_matrix(probs.labels, pred, labels=range(6)))
+        assert float(summary[run_dir.name]["accuracy"]) == pytest.approx(metrics["accuracy"])
+        # fusing a run with itself changes nothing, whatever the method
+        for method in ("average", "weighted", "max"):
+            fused = fuse_scores([probs.probs, probs.probs], method, [0.7, 0.7])
+            assert np.allclose(fused, probs.probs)
+
+
+def test_report_embeds_every_figure(work, fer):
+    result = fer("report", "--set", f"workdir={work}")
+    assert result.exit_code == 0, result.output
+    page = (work / "report/report.html").read_text()
+    n_images = page.count("<img ")
+    assert n_images >= 8 and page.count('src="data:image/png;base64,') == n_images
+    for section in ("Dataset", "Cross-validation", "Late fusion", "Test set",
+                    "Misclassified items"):
+        assert section in page
+    markdown = (work / "report/report.md").read_text()
+    for link in [line.split("](")[1].rstrip(")\n") for line in markdown.splitlines()
+                 if line.startswith("![")]:
+        assert (work / "report" / link).resolve().is_file(), link
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+
+def chromium() -> str:
+    import shutil
+
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return path
+
+
+def test_report_opens_in_headless_chromium_with_every_image(work, fer, tmp_path):
+    assert fer("report", "--set", f"workdir={work}").exit_code == 0
+    page = (work / "report/report.html").read_text()
+    probe = tmp_path / "probe.html"
+    check = ("<script>window.addEventListener('load', () => { const imgs = [...document.images];"
+             " const broken = imgs.filter(i => !i.complete || i.naturalWidth === 0).length;"
+             " document.title = `IMAGES ${imgs.length} BROKEN ${broken}`; });</script>")
+    probe.write_text(page.replace("</body>", check + "</body>"))
+    result = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'ud'}",
+                             "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    title = result.stdout.split("<title>")[1].split("</title>")[0]
+    n_images = page.count("<img ")
+    assert title == f"IMAGES {n_images} BROKEN 0", title
