@@ -195,6 +195,66 @@ def _print_status(cfg) -> None:
     out.print(table)
 
 
+@app.command("predict")
+@handle_errors
+def predict(inputs: List[Path] = typer.Argument(..., help="Videos, frame-sequence folders, or "
+                                                 "folders of videos."),
+            run: Optional[List[str]] = typer.Option(None, "--run", help="Finalized run (name "
+                                                    "under work/finalize/runs, or its folder); "
+                                                    "repeat for a fusion. Default: the newest."),
+            fusion: Optional[str] = typer.Option(None, "--fusion", help="Fuse the --run "
+                                                 "models: average, weighted or max."),
+            window: Optional[float] = typer.Option(None, "--window", help="Sliding window in "
+                                                   "seconds (long videos): a timeline."),
+            stride: Optional[float] = typer.Option(None, "--stride", help="Window step in "
+                                                   "seconds (default: --window)."),
+            every: int = typer.Option(1, "--every", help="Use every Nth frame (speed).",
+                                      min=1),
+            label_map: Optional[List[str]] = typer.Option(None, "--map", help="Coarse label, "
+                                                          "e.g. positive=happy,surprise "
+                                                          "(repeatable; seed 004)."),
+            out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder "
+                                                   "(default: <workdir>/predict)."),
+            config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt):
+    """Classify new videos of any length with a finalized model (or a fusion of several).
+
+    Uses the run's own saved config (detect, track, trim, backbone): no training data needed.
+    Writes per video prediction.json/.csv (and timeline + distribution with --window) and a
+    summary.csv; a video with no face, several faces or unreadable gets its status there.
+    """
+    from .predict import parse_label_map, predict_videos
+    from .stages.fuse import finalized_runs
+
+    cfg = load_config(config, set_)
+    runs_root = cfg.workdir / "finalize" / "runs"
+    if not run:
+        available = finalized_runs(cfg.workdir)
+        if not available:
+            raise MissingUpstreamError("no finalized run", path=runs_root,
+                                       hint="Run `fer finalize` first, or pass --run FOLDER")
+        run = [max(available, key=lambda r: (runs_root / r / "model.json").stat().st_mtime)]
+    run_dirs = [Path(r) if Path(r).is_dir() else runs_root / r for r in run]
+    rows = predict_videos(list(inputs), run_dirs, out_dir or cfg.workdir / "predict",
+                          fusion_method=fusion, window=window, stride=stride, every=every,
+                          label_map=parse_label_map(label_map) if label_map else None,
+                          console=console)
+    table = Table(title="fer predict")
+    for col in ("video", "status", "label", "confidence", "windows"):
+        table.add_column(col)
+    for row in rows:
+        confidence = row.get("confidence")
+        table.add_row(Path(str(row["video"])).name, str(row["status"]),
+                      str(row.get("mapped_label") or row.get("label") or ""),
+                      f"{confidence:.2f}" if isinstance(confidence, float) else "",
+                      str(row.get("n_windows") or ""))
+    out.print(table)
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        raise ItemsFailedError(f"{len(failed)} of {len(rows)} videos could not be classified "
+                               f"(first: {failed[0]['video']}: {failed[0]['status']})",
+                               hint="See summary.csv; the other videos are complete")
+
+
 @app.command("report")
 @handle_errors
 def report(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,

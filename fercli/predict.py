@@ -602,9 +602,9 @@ def predict_video(path: Path, predictor: Predictor, detector: FaceDetector,
         spec = WindowSpec(settings.window, settings.stride, fps)
         start, end = spec.bounds(0)
         if sampled_in(start, end, settings.every) == 0:
-            raise ConfigError(f"a {settings.window} s window holds no sampled frame at {fps:g} "
-                            f"fps with every {settings.every}",
-                            hint="Lengthen the window or lower --every")
+            raise ConfigError(f"a {settings.window} s window holds no sampled frame at "
+                              f"{fps:g} fps with every {settings.every}", path=path,
+                              hint="Lengthen the window or lower --every")
         result = _windows(sampler.samples(frames()), predictor, spec, settings, sampler)
     else:
         result = _whole(path, sampler, frames, predictor)
@@ -880,7 +880,6 @@ def predict_videos(inputs: list[Path], run_dirs: list[Path], out_dir: Path, *,
             write_outputs(out_dir / name, result, predictor)
             row = {key: result.get(key, "") for key in SUMMARY_COLUMNS}
             row["confidence"] = result.get("confidence")
-            row["n_windows"] = result.get("n_windows", "")
             if predictor.groups:
                 row["mapped_label"] = result.get("mapped_label", "")
             summary.append(row)

@@ -235,7 +235,43 @@ def section_goal(bench: Bench) -> None:
     bench.results["goal"] = goal
 
 
-SECTIONS = [section_machine, section_speed, section_breakdown, section_goal]
+def section_extract(bench: Bench) -> None:
+    """Backbone frames/s on tracked face crops: batched (as `fer extract`) vs one by one."""
+    from fercli.backbones import build_feature_extractor
+    from fercli.stages.extract import extract_sequence
+    from fercli.weights import resolve
+
+    frames = list(iter_frames(bench.video))
+    detection = detect_first_face(frames, bench.detector)
+    faces = [t.face for t in track_faces(frames, detection, DEFAULT_TRACKER, CLIP_SIZE)]
+    backbones = ["small-cnn"]
+    try:
+        resolve("minixception-fer2013")
+        backbones.append("minixception-fer2013")
+    except Exception:  # noqa: BLE001 - not pulled: measure what is there
+        bench.console.print("(minixception-fer2013 not cached: `fer weights pull` it to "
+                            "measure it too)")
+    table = Table(title=f"extract: backbone frames/s on {len(faces)} tracked faces "
+                        f"({CLIP_SIZE}x{CLIP_SIZE}), CPU")
+    for column in ("backbone", "features", "batched (64)", "one by one", "ratio"):
+        table.add_column(column, justify="left" if column == "backbone" else "right")
+    rows = []
+    for name in backbones:
+        extractor = build_feature_extractor(name, weights=None if name == "small-cnn"
+                                            else "default")
+        extractor.extract(np.stack(faces[:2]))  # build the graph outside the timing
+        batched, single = best_rates(
+            [lambda: len(extract_sequence(faces, extractor, 64)),
+             lambda: len(extract_sequence(faces, extractor, 1))], bench.seconds)
+        rows.append({"backbone": name, "features": extractor.feature_dim,
+                     "batched_fps": batched, "single_fps": single})
+        table.add_row(name, str(extractor.feature_dim), f"{batched:.0f}", f"{single:.0f}",
+                      f"{batched / single:.1f}x")
+    bench.console.print(table)
+    bench.results["extract"] = rows
+
+
+SECTIONS = [section_machine, section_speed, section_breakdown, section_goal, section_extract]
 
 
 def default_video(workdir: Path) -> Path:

@@ -5,18 +5,31 @@ cd "$(dirname "$0")/.."
 FER=${FER:-.venv/bin/fer}
 CONFIG=${CONFIG:-configs/sample.yaml}
 started=$(date +%s)
-step() {
+fer() {
   echo
   echo "\$ fer $*"
-  "$FER" "$@" --config "$CONFIG" || { echo "demo: 'fer $*' failed (exit $?)"; exit 1; }
+  "$FER" "$@" || { status=$?; echo "demo: 'fer $*' failed (exit $status)"; exit "$status"; }
 }
-step index
-step split
-step detect
-step track
-step trim
+fer weights pull minixception-fer2013
+for stage in index split detect track trim augment extract cv-train finalize; do
+  fer "$stage" --config "$CONFIG"
+done
+# a second model, so that late fusion has something to fuse
+fer cv-train --config "$CONFIG" --set train.model=lstm --set train.epochs=15
+fer finalize --config "$CONFIG" --set train.model=lstm --set train.epochs=15
+fer fuse --config "$CONFIG"
+fer evaluate --config "$CONFIG"
+fer report --config "$CONFIG"
+# new videos: one test subject's clip, and a long video of four clips back to back
+mkdir -p demo-work/new-videos
+.venv/bin/python scripts/concat_videos.py demo-work/new-videos/long.avi \
+  sample_data/F001_happy_tex.avi sample_data/F001_sad_tex.avi \
+  sample_data/F001_surprise_tex.avi sample_data/F001_angry_tex.avi
+RUN=$(ls -d demo-work/finalize/runs/cnn1d-* | head -n 1)
+fer predict sample_data/F002_fear_tex.avi --run "$RUN" --out demo-work/predict
+fer predict demo-work/new-videos/long.avi --run "$RUN" --window 2 --stride 1 \
+  --map positive=happy,surprise --map negative=angry,disgust,fear,sad --out demo-work/predict
+fer status --config "$CONFIG"
 echo
-echo "\$ fer status"
-"$FER" status --config "$CONFIG"
-echo
-echo "demo finished in $(( $(date +%s) - started )) s; artifacts are in demo-work/"
+echo "demo finished in $(( $(date +%s) - started )) s"
+echo "report: demo-work/report/report.html   predictions: demo-work/predict/"

@@ -213,3 +213,26 @@ def test_report_opens_in_headless_chromium_with_every_image(work, fer, tmp_path)
     title = result.stdout.split("<title>")[1].split("</title>")[0]
     n_images = page.count("<img ")
     assert title == f"IMAGES {n_images} BROKEN 0", title
+
+
+def test_extract_accepts_a_keras_model_file_as_backbone(work, tmp_path, fer):
+    """A model file, as `fer pretrain` writes, works as `extract.backbone` (runs last: it
+    re-extracts the shared work directory)."""
+    import keras
+
+    inputs = keras.Input((48, 48, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(12, activation="relu", name="dense")(x)
+    outputs = keras.layers.Dense(6, activation="softmax")(x)
+    model_file = tmp_path / "pretrained.keras"
+    keras.Model(inputs, outputs).save(model_file)
+    args = ["extract", "--set", f"extract.backbone={model_file}", "--set",
+            "extract.weights=null"]
+    upstream = [s for s in SETTINGS if not s.startswith(("extract.", "train.", "finalize."))]
+    for setting in [f"workdir={work}", *upstream]:
+        args += ["--set", setting]
+    result = fer(*args)
+    assert result.exit_code == 0, result.output
+    with FeatureStore(work / "extract/features.h5") as store:
+        assert store.feature_dim == 12 and store.attrs["backbone"] == str(model_file)

@@ -21,6 +21,7 @@ from rich.console import Console
 from ..config import Config
 from ..engine import Context, Item, ItemOutput, Stage
 from ..workspace import atomic_path, atomic_write_json, atomic_write_text, read_json
+from .extract import ExtractStage
 from .cv_train import CvTrainStage, TrainingData, build_fn, prepare_devices, train_params
 from .split import load_splits
 
@@ -110,7 +111,7 @@ class FinalizeStage(Stage):
                 "fold_epochs": fold_epochs, "epochs_from": fin["epochs_from"],
                 "train_rows": int(len(data.final_rows())), "classes": data.classes,
                 "input_shape": list(data.input_shape), "devices": devices,
-                "backbone": None if data.clip else ctx.config["extract"],
+                "backbone": None if data.clip else ExtractStage().params(ctx.config)["extract"],
                 "clip_size": params["clip_size"] if data.clip else None,
                 "color": params["color"], "max_frames": params["max_frames"]}
         if len(test_rows):
