@@ -193,6 +193,7 @@ class StageResult:
     n_failed: int = 0
     complete: bool = True
     failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -271,6 +272,7 @@ def run_stage(stage: Stage, config: Config, registry: dict[str, Stage | None], *
                       "nothing to do (use --force to redo)")
         return StageResult(stage.name, skipped=True, n_items=st.n_items, n_failed=st.n_failed)
 
+    started = time.perf_counter()
     ctx = context_for(stage, config, registry, states)
     sdir, params = ctx.stage, ctx.params
     phash = params_hash(params)
@@ -332,6 +334,7 @@ def run_stage(stage: Stage, config: Config, registry: dict[str, Stage | None], *
         result.failures = [(r["id"], r["reason"]) for r in records
                            if r and r["status"] == "failed"]
         result.n_failed = len(result.failures)
+    result.seconds = time.perf_counter() - started
     return result
 
 
@@ -352,7 +355,9 @@ def _process(stage: Stage, ctx: Context, todo: list[Item], workers: int, console
                 yield item, status, data
             return
         mp = multiprocessing.get_context("spawn")  # no fork of a process holding TF/cv2 state
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp) as pool:
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp,
+                                    initializer=_exit_with_parent,
+                                    initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_run_one, stage, ctx, item): item for item in todo}
             for future in cf.as_completed(futures):
                 item = futures[future]
@@ -360,6 +365,18 @@ def _process(stage: Stage, ctx: Context, todo: list[Item], workers: int, console
                 progress.update(task, current=item.id)
                 progress.advance(task)
                 yield item, status, data
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: a worker whose parent was killed (SIGKILL) exits too."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _finish(stage: Stage, ctx: Context, records: list[dict], phash: str,
@@ -390,10 +407,11 @@ def _finish(stage: Stage, ctx: Context, records: list[dict], phash: str,
 
 def summary_table(result: StageResult) -> Table:
     table = Table(title=f"{result.name}: summary", show_lines=False)
-    for col in ("items", "processed now", "reused", "failed", "complete"):
+    for col in ("items", "processed now", "reused", "failed", "complete", "time"):
         table.add_column(col, justify="right")
     table.add_row(str(result.n_items), str(result.n_processed), str(result.n_reused),
-                  str(result.n_failed), "yes" if result.complete else "no")
+                  str(result.n_failed), "yes" if result.complete else "no",
+                  f"{result.seconds:.1f} s")
     return table
 
 

@@ -11,12 +11,15 @@ fer() {
   "$FER" "$@" || { status=$?; echo "demo: 'fer $*' failed (exit $status)"; exit "$status"; }
 }
 fer weights pull minixception-fer2013
-for stage in index split detect track trim augment extract cv-train finalize; do
+for stage in index split detect track trim augment extract; do
   fer "$stage" --config "$CONFIG"
 done
-# a second model, so that late fusion has something to fuse
+# two models, so that late fusion has something to fuse: an LSTM (a --set override) and
+# the config's 1D-CNN; each run lives in its own folder under work/{cv-train,finalize}/runs
 fer cv-train --config "$CONFIG" --set train.model=lstm --set train.epochs=15
 fer finalize --config "$CONFIG" --set train.model=lstm --set train.epochs=15
+fer cv-train --config "$CONFIG"
+fer finalize --config "$CONFIG"
 fer fuse --config "$CONFIG"
 fer evaluate --config "$CONFIG"
 fer report --config "$CONFIG"
