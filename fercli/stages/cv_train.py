@@ -169,6 +169,25 @@ def build_fn(data: TrainingData, params: dict):
     return build
 
 
+def train_fold(data: TrainingData, params: dict, fold: int, run_dir: Path, epochs: int,
+               early_stopping: dict | None = None):
+    """Train on the other folds, validate on ``fold`` (resumable); -> (result, batch, devices)."""
+    from ..training import train_resumable
+
+    strategy, devices = prepare_devices(params)
+    train_rows, val_rows = data.fold_rows(fold)
+    batch = params["batch_size"] * strategy.num_replicas_in_sync  # global batch
+    seed = params["seed"] + fold
+    with strategy.scope():
+        result = train_resumable(
+            run_dir, build_fn(data, params),
+            data.dataset(train_rows, batch_size=batch, shuffle=True, seed=seed, training=True),
+            data.dataset(val_rows, batch_size=batch, shuffle=False, seed=seed),
+            epochs=epochs, seed=seed, tensorboard=params["tensorboard"],
+            early_stopping=early_stopping)
+    return result, batch, devices
+
+
 def prepare_devices(params: dict):
     """Strategy (all GPUs when several) and precision; returns (strategy, device lines)."""
     from ..datasets import describe_devices, distribution_strategy, enable_mixed_precision
@@ -202,25 +221,15 @@ class CvTrainStage(Stage):
         return [Item(f"fold-{k}", ctx.upstream_hashes, {"fold": k}) for k in range(n_folds)]
 
     def process_item(self, ctx: Context, item: Item) -> ItemOutput:
-        from ..training import train_resumable
+        from ..training import load_model
 
         params = ctx.params["train"]
         run = run_name(ctx, params)
         run_dir = ctx.stage.path("runs", run, item.id)
-        strategy, devices = prepare_devices(params)
         data = TrainingData(ctx.workdir, params)
         train_rows, val_rows = data.fold_rows(item.payload["fold"])
-        batch = params["batch_size"] * strategy.num_replicas_in_sync
-        seed = params["seed"] + item.payload["fold"]
-        with strategy.scope():
-            result = train_resumable(
-                run_dir, build_fn(data, params),
-                data.dataset(train_rows, batch_size=batch, shuffle=True, seed=seed,
-                             training=True),
-                data.dataset(val_rows, batch_size=batch, shuffle=False, seed=seed),
-                epochs=params["epochs"], seed=seed, tensorboard=params["tensorboard"])
-        from ..training import load_model
-
+        result, batch, devices = train_fold(data, params, item.payload["fold"], run_dir,
+                                            params["epochs"])
         best = load_model(run_dir / "best.keras")
         val_probs = run_dir / "val_probs.csv"
         accuracy = data.write_probabilities(best, val_rows, val_probs, batch)

@@ -22,7 +22,8 @@ from ..config import Config
 from ..engine import Context, Item, ItemOutput, Stage
 from ..workspace import atomic_path, atomic_write_json, atomic_write_text, read_json
 from .extract import ExtractStage
-from .cv_train import CvTrainStage, TrainingData, build_fn, prepare_devices, train_params
+from .cv_train import (CvTrainStage, TrainingData, build_fn, prepare_devices, train_fold,
+                       train_params)
 from .split import load_splits
 
 
@@ -51,23 +52,11 @@ class FinalizeStage(Stage):
         return next(r["info"]["run"] for r in manifest["items"].values() if r.get("info"))
 
     def process_item(self, ctx: Context, item: Item) -> ItemOutput:
-        from ..training import train_resumable
-
         params, fin = ctx.params["train"], ctx.params["finalize"]
         run_dir = ctx.stage.path("runs", self._run(ctx), item.id)
-        strategy, _ = prepare_devices(params)
         data = TrainingData(ctx.workdir, params)
-        train_rows, val_rows = data.fold_rows(item.payload["fold"])
-        batch = params["batch_size"] * strategy.num_replicas_in_sync
-        seed = params["seed"] + item.payload["fold"]
-        with strategy.scope():
-            result = train_resumable(
-                run_dir, build_fn(data, params),
-                data.dataset(train_rows, batch_size=batch, shuffle=True, seed=seed,
-                             training=True),
-                data.dataset(val_rows, batch_size=batch, shuffle=False, seed=seed),
-                epochs=fin["max_epochs"], seed=seed, tensorboard=params["tensorboard"],
-                early_stopping=fin)
+        result, _, _ = train_fold(data, params, item.payload["fold"], run_dir,
+                                  fin["max_epochs"], early_stopping=fin)
         stopped = result.stopped_epoch or result.epochs_run
         return ItemOutput([run_dir / "log.csv"], info={
             "fold": item.payload["fold"], "best_epoch": result.best_epoch,
