@@ -13,6 +13,7 @@ from typing import Callable, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -58,7 +59,7 @@ def handle_errors(func: Callable) -> Callable:
         except FerError as exc:
             if _state["debug"]:
                 raise
-            console.print(f"[bold red]Error:[/] {exc}", soft_wrap=True, markup=True)
+            console.print(f"[bold red]Error:[/] {escape(str(exc))}", soft_wrap=True, markup=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             console.print("Interrupted; run the same command again to resume.")
@@ -195,6 +196,20 @@ def _print_status(cfg) -> None:
     out.print(table)
 
 
+@app.command("tune")
+@handle_errors
+def tune(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt):
+    """Bayesian search of train hyperparameters (tune.space), scored by mean CV accuracy.
+
+    Writes work/tune/<model>/trials.csv and best.yaml, a config snippet of the best trial;
+    a killed search resumes with its finished trials.
+    """
+    from .tune import run_tune
+
+    result = run_tune(load_config(config, set_), console)
+    out.print(f"best configuration: {result['out_dir'] / 'best.yaml'}")
+
+
 @app.command("predict")
 @handle_errors
 def predict(inputs: List[Path] = typer.Argument(..., help="Videos, frame-sequence folders, or "
@@ -277,6 +292,46 @@ def report(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOp
 def status(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt):
     """Show each stage: up to date, stale (and why), incomplete, not run, failed items."""
     _print_status(load_config(config, set_))
+
+
+@app.command("verify")
+@handle_errors
+def verify(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+           repair: bool = typer.Option(False, "--repair", help="Delete the damaged files, "
+                                       "their items' records and the stage manifests, so the "
+                                       "next `fer run` redoes only those items.")):
+    """Re-hash every file the manifests record; list missing, truncated or altered ones.
+
+    Exits with code 7 when any file is damaged; with --repair, makes them redoable instead.
+    """
+    from .errors import ArtifactError
+    from .verify import damage_table, repair as repair_damage, verify_workdir
+
+    cfg = load_config(config, set_)
+    if not cfg.workdir.is_dir():
+        raise MissingUpstreamError("work directory does not exist", path=cfg.workdir,
+                                   hint="Run `fer run` (or the stages) first")
+    with console.status("verify") as status:
+        result = verify_workdir(cfg.workdir, list(PIPELINE),
+                                lambda path: status.update(f"verify: hashing {path}"))
+    if not result.damages:
+        out.print(f"verify: all {result.checked} recorded files of {len(result.stages)} "
+                  f"stages match their size and SHA-256")
+        return
+    table = damage_table(result.damages)
+    if out.is_terminal:
+        out.print(table)
+    else:  # a log or a pipe: whole paths on one line each, for grep
+        wide = out.measure(table, options=out.options.update_width(1000)).maximum
+        Console(highlight=False, width=max(out.width, wide), file=out.file).print(table)
+    if not repair:
+        raise ArtifactError(f"{len(result.damages)} recorded files are missing, damaged or "
+                            "unreadable (table above)", path=cfg.workdir,
+                            hint="Run `fer verify --repair`, then `fer run`: only the damaged "
+                                 "items are redone")
+    for line in repair_damage(cfg.workdir, result.damages):
+        out.print(line)
+    out.print("repaired: run `fer run` to redo the removed items")
 
 
 @config_app.command("show")

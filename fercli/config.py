@@ -196,6 +196,14 @@ SCHEMA: dict[str, dict[str, Param]] = {
                           "(best) or of the epoch training stopped at (stopped).",
                           choices=("best", "stopped")),
     },
+    "tune": {
+        "space": _p({}, dict, "Search space for `fer tune`: key -> list of values or "
+                    "{min, max[, step]}; keys are model_params, learning_rate, batch_size."),
+        "trials": _p(10, int, "Bayesian-optimisation trials (each trains every fold).",
+                     min=1),
+        "epochs": _p(None, int, "Epochs per fold in a trial; null: train.epochs.",
+                     nullable=True, min=1),
+    },
     "fuse": {
         "runs": _p(None, list, "Finalized runs to fuse; null: every run in "
                    "work/finalize/runs.", nullable=True, item_types=(str,)),

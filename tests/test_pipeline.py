@@ -215,6 +215,53 @@ def test_report_opens_in_headless_chromium_with_every_image(work, fer, tmp_path)
     assert title == f"IMAGES {n_images} BROKEN 0", title
 
 
+@pytest.mark.parametrize("model, extra", [
+    ("bilstm", ["train.model_params={units: 8}"]),
+    ("lrcn", ["train.model_params={filters: [4, 4], units: 8}", "train.clip_size=32",
+              "train.max_frames=16"]),
+    ("c3d", ["train.model_params={filters: [4, 4, 8], dense_units: [16, 16]}",
+             "train.clip_size=32", "train.max_frames=32"]),
+    ("convlstm", ["train.model_params={filters: [2, 2]}", "train.clip_size=24",
+                  "train.max_frames=12"]),
+])
+def test_every_model_completes_all_folds(work, model, extra):
+    cfg = config(work, f"train.model={model}", "train.epochs=1", *extra)
+    result = run_stage(PIPELINE["cv-train"], cfg, PIPELINE)
+    assert result.complete and result.n_failed == 0
+    run = json.loads((work / "cv-train/manifest.json").read_text())["items"]["fold-0"]
+    assert run["info"]["run"].startswith(f"{model}-")
+    assert (work / "cv-train/runs" / run["info"]["run"] / "mean_curve.png").is_file()
+
+
+def test_tune_searches_with_cross_validation(work, fer):
+    result = fer("tune", "--set", f"workdir={work}", *sum((["--set", s] for s in SETTINGS), []),
+                 "--set", "train.model=lstm", "--set", "train.model_params={}",
+                 "--set", "tune.trials=2", "--set", "tune.epochs=1",
+                 "--set", "tune.space={units: [4, 8], dropout: {min: 0.1, max: 0.5}}")
+    assert result.exit_code == 0, result.output
+    [search] = (work / "tune").glob("lstm-*")
+    trials = rows(search / "trials.csv")
+    assert len(trials) == 2 and {"units", "dropout", "mean_val_accuracy"} <= set(trials[0])
+    best = (search / "best.yaml").read_text()
+    assert "model: lstm" in best and "units:" in best
+    # the snippet is a valid config file
+    snippet = search / "best.yaml"
+    assert load_config(snippet, [])["train"]["model"] == "lstm"
+    # a space the model cannot take stops at once with one line
+    bad = fer("tune", "--set", f"workdir={work}", "--set", "train.model=lstm",
+              "--set", "tune.space={filters: [4, 8]}", "--set", "tune.trials=1")
+    assert bad.exit_code == 2 and "filters" in bad.output
+
+
+def test_tracker_comparison_table(work, fer):
+    result = fer("track", "--compare", "medianflow,kcf", "--limit", "3",
+                 "--set", f"workdir={work}")
+    assert result.exit_code == 0, result.output
+    table = rows(work / "track/compare/trackers.csv")
+    assert [r["tracker"] for r in table] == ["medianflow", "kcf"]
+    assert all(r["items"] == "3" and r["failed"] == "0" and float(r["fps"]) > 0 for r in table)
+
+
 def test_extract_accepts_a_keras_model_file_as_backbone(work, tmp_path, fer):
     """A model file, as `fer pretrain` writes, works as `extract.backbone` (runs last: it
     re-extracts the shared work directory)."""
