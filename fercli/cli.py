@@ -445,6 +445,70 @@ def pretrain(data: Path = typer.Argument(..., help="FER2013-format CSV (emotion,
     out.print(f"model: {summary.get('model', out_dir / 'model.keras')}")
 
 
+@app.command("export")
+@handle_errors
+def export(run: Optional[str] = typer.Argument(None, help="Finalized run: name under "
+                                               "work/finalize/runs or its folder (default: "
+                                               "the newest)."),
+           formats: Optional[List[str]] = typer.Option(None, "--format", help="savedmodel or "
+                                                       "tflite (repeatable; default both)."),
+           quantize: Optional[List[str]] = typer.Option(None, "--quantize", help="TFLite "
+                                                        "variant: none (float32), float16 or "
+                                                        "int8 (repeatable; default none)."),
+           out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder "
+                                                  "(default: <workdir>/export/<run>)."),
+           check: bool = typer.Option(True, "--check/--no-check", help="Compare with the "
+                                      "Keras pipeline on the run's test clips."),
+           config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt):
+    """Export a finalized run as one graph (face clip -> probabilities): SavedModel, TFLite.
+
+    The graph includes the backbone and its preprocessing. Each file is checked against
+    the Keras pipeline on the test clips (agreement, accuracy) and timed per clip; the
+    figures go to export.json and export.md.
+    """
+    from .export import TABLE_COLUMNS, export_run, resolve_run, table_rows
+
+    cfg = load_config(config, set_)
+    summary = export_run(resolve_run(run, cfg.workdir), out_dir, formats, quantize, check,
+                         console=console)
+    table = Table(title=f"fer export {summary['run']}")
+    for col in TABLE_COLUMNS:
+        table.add_column(col, justify="left" if col == "artifact" else "right")
+    for row in table_rows(summary):
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"export: {', '.join(summary['artifacts'])} and export.json in "
+              f"{summary['folder']}")
+
+
+@app.command("live")
+@handle_errors
+def live(source: str = typer.Argument(..., help="Camera index (0), video file or stream URL."),
+         run: Optional[str] = typer.Option(None, "--run", help="Finalized run (default: the "
+                                           "newest); its `fer export` files are used when "
+                                           "they match, else the Keras model."),
+         model: Optional[Path] = typer.Option(None, "--model", help="Exported model: the "
+                                              "`fer export` folder or a file in it."),
+         window: float = typer.Option(2.0, "--window", help="Seconds of face crops per "
+                                      "prediction."),
+         stride: float = typer.Option(0.5, "--stride", help="Seconds between predictions."),
+         show: bool = typer.Option(False, "--show", help="Show the video with the overlay."),
+         write: Optional[Path] = typer.Option(None, "--write", help="Write the video with the "
+                                              "overlay (.mp4 or .avi)."),
+         config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt):
+    """Classify the face in a camera, video or stream as it plays (sliding window).
+
+    Prints the probabilities every --stride seconds, then frames/s and the real-time
+    factor (video seconds processed per wall-clock second).
+    """
+    from .live import load_classifier, run_live
+
+    cfg = load_config(config, set_)
+    classifier = load_classifier(cfg.workdir, run, model)
+    run_live(source, classifier, window, stride, show, write,
+             say=lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True))
+
+
 def main() -> None:
     app()
 

@@ -13,6 +13,7 @@ unfinished item and a repaired item is redone alone.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import errno
 import multiprocessing
 import os
 import time
@@ -22,15 +23,17 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 
 from . import __version__
 from .config import Config, params_hash
-from .errors import ConfigError, FerError, InputError, ItemError, ItemsFailedError, \
-    LockError, MissingUpstreamError
-from .workspace import SCHEMA_VERSION, StageDir, check_item_id, file_entry
+from .errors import ArtifactError, ConfigError, DiskFullError, FerError, InputError, \
+    ItemError, ItemsFailedError, LockError, MissingUpstreamError
+from .verify import check_stage_outputs
+from .workspace import SCHEMA_VERSION, StageDir, check_item_id, disk_full, file_entry
 
 
 @dataclass
@@ -237,7 +240,7 @@ def _run_one(stage: Stage, ctx: Context, item: Item) -> tuple[str, dict]:
     started = time.perf_counter()
     try:
         output = stage.process_item(ctx, item)
-    except (ConfigError, MissingUpstreamError, LockError):
+    except (ConfigError, MissingUpstreamError, LockError, DiskFullError):
         raise  # not about this item: stop the stage with the one-line error
     except ItemError as exc:
         return "failed", {"reason": str(exc), "seconds": time.perf_counter() - started}
@@ -245,6 +248,8 @@ def _run_one(stage: Stage, ctx: Context, item: Item) -> tuple[str, dict]:
         return "failed", {"reason": str(exc), "retry": True,
                           "seconds": time.perf_counter() - started}
     except Exception as exc:  # noqa: BLE001 - one bad item must not stop the others
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # ...but a full disk does
+            raise disk_full(exc.filename or f"{ctx.stage.root} (item {item.id})") from exc
         return "failed", {"reason": f"unexpected {type(exc).__name__}: {exc}", "retry": True,
                           "traceback": traceback.format_exc(limit=5),
                           "seconds": time.perf_counter() - started}
@@ -263,6 +268,8 @@ def run_stage(stage: Stage, config: Config, registry: dict[str, Stage | None], *
     console = console or Console(stderr=True)
     if shard and not stage.shardable:
         raise ConfigError(f"`fer {stage.name}` cannot be sharded; run it without --shard")
+    if force:  # --force is the remedy an unreadable manifest suggests: it must get past it
+        _drop_unreadable_manifest(StageDir(config.workdir, stage.name))
     states = stage_states(config, registry)
     upstream_hashes = _require_upstream(stage, config, states)
     if states[stage.name].status == "up to date" and not force:
@@ -272,11 +279,12 @@ def run_stage(stage: Stage, config: Config, registry: dict[str, Stage | None], *
                       "nothing to do (use --force to redo)")
         return StageResult(stage.name, skipped=True, n_items=st.n_items, n_failed=st.n_failed)
 
+    check_stage_outputs(config.workdir, list(upstream_hashes))
     started = time.perf_counter()
     ctx = context_for(stage, config, registry, states)
     sdir, params = ctx.stage, ctx.params
     phash = params_hash(params)
-    with sdir.lock(shard):
+    with sdir.lock(shard, only):
         sources = stage.source_fingerprint(config)
         if shard is None and only is None:
             sdir.remove_temp_files()
@@ -321,7 +329,7 @@ def run_stage(stage: Stage, config: Config, registry: dict[str, Stage | None], *
             sdir.write_record(record)
             result.n_processed += 1
             if status == "failed":
-                console.print(f"[red]failed[/] {item.id}: {data['reason']}")
+                console.print(f"[red]failed[/] {item.id}: {escape(data['reason'])}")
 
         records = [current(item) for item in items]
         missing = [item.id for item, rec in zip(items, records) if rec is None]
@@ -336,6 +344,14 @@ def run_stage(stage: Stage, config: Config, registry: dict[str, Stage | None], *
         result.n_failed = len(result.failures)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _drop_unreadable_manifest(sdir: StageDir) -> None:
+    """Delete a manifest that is not valid JSON: it is rebuilt from the item records."""
+    try:
+        sdir.read_manifest()
+    except ArtifactError:
+        sdir.remove_manifest()
 
 
 def _process(stage: Stage, ctx: Context, todo: list[Item], workers: int, console: Console):
@@ -359,12 +375,16 @@ def _process(stage: Stage, ctx: Context, todo: list[Item], workers: int, console
                                     initializer=_exit_with_parent,
                                     initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(_run_one, stage, ctx, item): item for item in todo}
-            for future in cf.as_completed(futures):
-                item = futures[future]
-                status, data = future.result()
-                progress.update(task, current=item.id)
-                progress.advance(task)
-                yield item, status, data
+            try:
+                for future in cf.as_completed(futures):
+                    item = futures[future]
+                    status, data = future.result()
+                    progress.update(task, current=item.id)
+                    progress.advance(task)
+                    yield item, status, data
+            except BaseException:  # the stage stops: do not start the queued items
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -57,6 +57,11 @@ class ArtifactError(FerError):
     exit_code = 7
 
 
+class DiskFullError(FerError):
+    """No space left on device: every later item would fail the same way, so the stage
+    stops at once; the items finished before keep their records."""
+
+
 class ItemError(FerError):
     """One item (video, sequence, fold) cannot be processed; the others go on.
 

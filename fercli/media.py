@@ -30,6 +30,23 @@ class MediaInfo:
     height: int
 
 
+def printable(path: str | Path) -> str:
+    """A path as text even when its bytes are not UTF-8 (shown as \\xff escapes)."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def opencv_name(path: Path, folder: Path | None = None) -> str:
+    """The name to hand OpenCV: it crashes (segfault) on names that are not UTF-8."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ItemError(f"file name '{printable(path.name)}' is not valid UTF-8",
+                        path=printable(folder or path),
+                        hint="Rename the file (OpenCV cannot open such names)") from None
+    return name
+
+
 def is_sequence_dir(path: Path) -> bool:
     """A folder holding image files directly is one frame sequence."""
     return path.is_dir() and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir())
@@ -78,7 +95,7 @@ def _iter_video(path: Path) -> Iterator[np.ndarray]:
     if path.stat().st_size == 0:
         raise ItemError("video file is empty (0 bytes)", path=path,
                         hint="Copy the file again from the original dataset")
-    capture = cv2.VideoCapture(str(path))
+    capture = cv2.VideoCapture(opencv_name(path))
     try:
         if not capture.isOpened():
             raise ItemError("cannot open the video (corrupt or unsupported codec)", path=path,
@@ -105,7 +122,7 @@ def _iter_video(path: Path) -> Iterator[np.ndarray]:
 def _iter_sequence(folder: Path) -> Iterator[np.ndarray]:
     size = None
     for image_path in sequence_frames(folder):
-        frame = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+        frame = cv2.imread(opencv_name(image_path, folder), cv2.IMREAD_COLOR)
         if frame is None:
             raise ItemError(f"frame {image_path.name!r} cannot be decoded", path=folder,
                             hint="Replace the damaged image or exclude this sequence")
@@ -122,12 +139,14 @@ def _iter_sequence(folder: Path) -> Iterator[np.ndarray]:
 
 
 def probe(path: str | Path, sequence_fps: float = 25.0) -> MediaInfo:
-    """Count frames by decoding them all (container frame counts are often wrong)."""
+    """Count frames by decoding them all (container frame counts are often wrong); a
+    count far below the header's means a truncated file."""
     path = Path(path)
-    fps = sequence_fps
+    fps, reported = sequence_fps, 0
     if path.is_file():
-        capture = cv2.VideoCapture(str(path))
+        capture = cv2.VideoCapture(opencv_name(path))
         fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+        reported = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         capture.release()
         if not 0 < fps < 1000:
             fps = sequence_fps
@@ -136,4 +155,11 @@ def probe(path: str | Path, sequence_fps: float = 25.0) -> MediaInfo:
         if n_frames == 0:
             height, width = frame.shape[:2]
         n_frames += 1
+    # A dataset video cut short still decodes up to the cut; its header still counts all
+    # frames. Header counts may be off by a frame or two (estimated from the duration).
+    if n_frames < 0.9 * reported:
+        raise ItemError(f"only {n_frames} of the {reported} frames its header lists decode "
+                        "(truncated?)", path=path,
+                        hint="Copy the file again from the original dataset (or re-encode "
+                             "it, if it has a variable frame rate)")
     return MediaInfo(n_frames=n_frames, fps=round(float(fps), 3), width=width, height=height)

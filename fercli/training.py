@@ -40,7 +40,8 @@ def _keras():
     return keras
 
 
-def load_model(path: Path):
+def load_model(path: Path, hint: str = "Delete it and re-run the stage that wrote it "
+                                       "(with --force)"):
     """Load a saved fercli model, with a one-line error when the file is damaged."""
     from .errors import ArtifactError
 
@@ -48,9 +49,9 @@ def load_model(path: Path):
     try:
         return keras.models.load_model(path)
     except Exception as exc:  # noqa: BLE001 - keras raises many kinds for a bad file
-        raise ArtifactError(f"model file cannot be loaded ({type(exc).__name__}: {exc})",
-                            path=path, hint="Delete it and re-run the stage that wrote it "
-                            "(with --force)") from None
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise ArtifactError(f"model file cannot be loaded ({reason})", path=path,
+                            hint=hint) from None
 
 
 def read_state(run_dir: Path) -> dict | None:
@@ -107,11 +108,25 @@ def make_epoch_checkpoint(run_dir: Path, history: list[dict], best: float,
             if extra_state:
                 state.update(extra_state())
             atomic_write_json(run_dir / "state.json", state)
-            for old in run_dir.glob("latest-e*.keras"):
-                if old.name != latest.name:
-                    old.unlink(missing_ok=True)
+            _remove_older_checkpoints(run_dir, latest.name)
 
     return EpochCheckpoint()
+
+
+def _remove_older_checkpoints(run_dir: Path, latest: str) -> None:
+    for old in run_dir.glob("latest-e*.keras"):
+        if old.name != latest:
+            old.unlink(missing_ok=True)
+
+
+def _mark_finished(run_dir: Path, state: dict) -> dict:
+    """Write the final state; also drop an older checkpoint that a kill between writing
+    state.json and deleting it left behind."""
+    state["finished"] = True
+    atomic_write_json(run_dir / "state.json", state)
+    if state.get("latest"):
+        _remove_older_checkpoints(run_dir, state["latest"])
+    return state
 
 
 def _log_text(rows: list[dict]) -> str:
@@ -140,8 +155,12 @@ def train_resumable(run_dir: Path, build, train_ds, val_ds, *, epochs: int, seed
     if state and state.get("finished"):
         history = read_log(run_dir)
         return _result(state, history)
+    if state and state.get("stopped_epoch"):  # killed after EarlyStopping ended the run
+        return _result(_mark_finished(run_dir, state), read_log(run_dir))
     if state and (run_dir / state["latest"]).is_file():
-        model = load_model(run_dir / state["latest"])
+        # a damaged checkpoint is reported, not skipped: the user decides to lose the epochs
+        model = load_model(run_dir / state["latest"],
+                           hint=f"Delete it to restart {run_dir.name} from epoch 1")
         initial_epoch = state["epoch"]
         history = read_log(run_dir, initial_epoch)
         best = state["best_val_accuracy"]
@@ -159,7 +178,10 @@ def train_resumable(run_dir: Path, build, train_ds, val_ds, *, epochs: int, seed
             return {"es_wait": stopper.wait, "es_best": number(stopper.best),
                     "es_best_epoch": None if stopper.best_epoch is None
                     else stopper.best_epoch + 1,
-                    "plateau_wait": plateau.wait, "plateau_best": number(plateau.best)}
+                    "plateau_wait": plateau.wait, "plateau_best": number(plateau.best),
+                    # set in the epoch EarlyStopping stops: a resume must not train on
+                    "stopped_epoch": stopper.stopped_epoch + 1 if stopper.stopped_epoch
+                    else None}
     else:
         extra_state = None
     # after the stoppers: the state written each epoch must include their update
@@ -172,11 +194,9 @@ def train_resumable(run_dir: Path, build, train_ds, val_ds, *, epochs: int, seed
                   initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,
                   shuffle=False)  # the tf.data pipeline shuffles, seeded per epoch
     state = read_state(run_dir) or {"epoch": 0, "best_epoch": 0, "best_val_accuracy": 0.0}
-    state["finished"] = True
     if stopper is not None and stopper.stopped_epoch:
         state["stopped_epoch"] = stopper.stopped_epoch + 1
-    atomic_write_json(run_dir / "state.json", state)
-    return _result(state, read_log(run_dir))
+    return _result(_mark_finished(run_dir, state), read_log(run_dir))
 
 
 def _resumable_stoppers(keras, params: dict, state: dict):

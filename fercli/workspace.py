@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import ArtifactError, FerError, InputError, LockError
+from .errors import ArtifactError, DiskFullError, FerError, InputError, LockError
 
 SCHEMA_VERSION = 1
 _UMASK = os.umask(0)
@@ -51,12 +51,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:
-            raise FerError("no space left on device while writing", path=path,
-                           hint="Free disk space and run the same command again") from exc
+            raise disk_full(path) from exc
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def disk_full(path: object) -> DiskFullError:
+    return DiskFullError("no space left on device while writing", path=path,
+                         hint="Free disk space and run the same command again (finished "
+                              "items are kept)")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -241,7 +246,14 @@ class StageDir:
             path.unlink(missing_ok=True)
         return len(leftovers)
 
-    def lock(self, shard: tuple[int, int] | None = None) -> StageLock:
-        name = ".lock" if shard is None else f".lock-shard-{shard[0]}-of-{shard[1]}"
-        label = f"stage `{self.name}`" + (f" shard {shard[0]}/{shard[1]}" if shard else "")
-        return StageLock(self.root / name, label)
+    def lock(self, shard: tuple[int, int] | None = None,
+             only: list[str] | None = None) -> StageLock:
+        """The stage's lock; a shard or an item subset (e.g. one CV fold per job) has its
+        own, so array jobs over disjoint items run side by side."""
+        if shard is not None:
+            return StageLock(self.root / f".lock-shard-{shard[0]}-of-{shard[1]}",
+                             f"stage `{self.name}` shard {shard[0]}/{shard[1]}")
+        if only:
+            key = "+".join(sorted(only))
+            return StageLock(self.root / f".lock-items-{key}", f"stage `{self.name}` {key}")
+        return StageLock(self.root / ".lock", f"stage `{self.name}`")

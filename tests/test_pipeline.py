@@ -255,7 +255,7 @@ def test_tune_searches_with_cross_validation(work, fer):
 
 def test_tracker_comparison_table(work, fer):
     result = fer("track", "--compare", "medianflow,kcf", "--limit", "3",
-                 "--set", f"workdir={work}")
+                 "--set", f"workdir={work}", *sum((["--set", s] for s in SETTINGS), []))
     assert result.exit_code == 0, result.output
     table = rows(work / "track/compare/trackers.csv")
     assert [r["tracker"] for r in table] == ["medianflow", "kcf"]

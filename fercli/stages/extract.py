@@ -122,7 +122,8 @@ class ExtractStage(Stage):
                 row = Row(r["id"], source, meta[source]["subject"],
                           classes.index(meta[source]["label"]), r["info"]["augment"],
                           part.get(source, "unassigned"))
-                writer.add(row, np.load(ctx.workdir / r["outputs"][0]["path"]))
+                writer.add(row, np.load(ctx.workdir / r["outputs"][0]["path"],
+                                        allow_pickle=False))
         n_aug = sum(bool(r["info"]["augment"]) for r in done)
         console.print(f"extract: features.h5 holds {len(done)} sequences ({n_aug} augmented), "
                       f"{dim} features per frame from {params['backbone']}")

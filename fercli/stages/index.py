@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -22,8 +23,8 @@ from rich.console import Console
 from ..config import DEFAULT_SYNONYMS, Config
 from ..engine import Context, Item, ItemOutput, Stage
 from ..errors import ConfigError, InputError
-from ..media import IMAGE_EXTENSIONS, probe
-from ..workspace import StageDir, atomic_write_json, atomic_write_text
+from ..media import IMAGE_EXTENSIONS, printable, probe
+from ..workspace import StageDir, atomic_write_json, atomic_write_text, check_item_id
 
 # Relative-path patterns per preset; the first that matches wins.
 PRESET_PATTERNS = {
@@ -135,6 +136,10 @@ def scan_dataset(params: dict) -> tuple[list[dict], list[Excluded]]:
                               hint="Give a regex with (?P<subject>...) and (?P<label>...)")
         compiled = [_compile(p) for p in patterns] if preset != "ckplus" else []
         for cand in candidates:
+            if printable(cand.rel) != cand.rel:  # OpenCV would crash on the name
+                excluded.append(Excluded(printable(cand.rel), "file name is not valid UTF-8; "
+                                         "rename it"))
+                continue
             if preset == "ckplus":
                 label = _ckplus_label(root, cand.rel)
                 subject = Path(cand.rel).parts[-2] if len(Path(cand.rel).parts) >= 2 else ""
@@ -166,6 +171,12 @@ def scan_dataset(params: dict) -> tuple[list[dict], list[Excluded]]:
     ids = make_item_ids([c.rel for c, _, _ in kept], [s for _, s, _ in kept])
     items, seen = [], {}
     for item_id, (cand, subject, label) in zip(ids, kept):
+        try:
+            check_item_id(item_id)
+        except InputError:
+            excluded.append(Excluded(cand.rel, f"item id {item_id!r} is not a safe file name; "
+                                     "rename the file"))
+            continue
         if item_id in seen:
             excluded.append(Excluded(cand.rel, f"item id {item_id!r} also used by "
                                      f"{seen[item_id]}; rename one"))
@@ -218,7 +229,7 @@ def source_fingerprint(path: Path) -> dict:
         digest = hashlib.sha256()
         for p in sorted(path.iterdir()):
             st = p.stat()
-            digest.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+            digest.update(os.fsencode(p.name) + f":{st.st_size}:{st.st_mtime_ns};".encode())
         return {"listing": digest.hexdigest()[:16]}
     st = path.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}

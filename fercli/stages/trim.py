@@ -18,7 +18,7 @@ from rich.console import Console
 
 from ..config import Config
 from ..engine import Context, Item, ItemOutput, Stage
-from ..errors import ConfigError, ItemError
+from ..errors import ConfigError, InputError, ItemError
 from ..vision.clipio import iter_clip
 from ..vision.trim import (TrimResult, apply_override, load_overrides, motion_scores,
                            openface_scores, trim_range)
@@ -52,10 +52,14 @@ class TrimStage(Stage):
     def source_fingerprint(self, config: Config) -> str | None:
         """Overrides and OpenFace CSVs live outside the workdir: hash their content."""
         params = self.params(config)["trim"]
+        if params["score"] == "openface" and not Path(params["openface_dir"]).is_dir():
+            raise InputError("OpenFace folder not found", path=params["openface_dir"],
+                             hint="Set trim.openface_dir to the folder of OpenFace CSVs "
+                                  "(<item_id>.csv)")  # checked before any record is written
         digest = hashlib.sha256()
         if params["overrides"] and Path(params["overrides"]).is_file():
             digest.update(Path(params["overrides"]).read_bytes())
-        if params["score"] == "openface" and Path(params["openface_dir"]).is_dir():
+        if params["score"] == "openface":
             for p in sorted(Path(params["openface_dir"]).glob("*.csv")):
                 st = p.stat()
                 digest.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
@@ -63,6 +67,7 @@ class TrimStage(Stage):
 
     def list_items(self, ctx: Context) -> list[Item]:
         params = ctx.params["trim"]
+        openface = Path(params["openface_dir"]) if params["score"] == "openface" else None
         overrides = load_overrides(params["overrides"]) if params["overrides"] else {}
         items = ctx.upstream_item_list("track")
         tracked = ctx.upstream_items("track")
@@ -72,6 +77,8 @@ class TrimStage(Stage):
             item.payload["clip"] = str(ctx.workdir / clip["path"])
             item.payload["override"] = overrides.get(item.id)
             item.fingerprint = {"track": item.fingerprint, "override": overrides.get(item.id)}
+            if openface is not None:  # a CSV added or fixed later redoes its item
+                item.fingerprint["openface"] = _stamp(openface / f"{item.id}.csv")
         return items
 
     def process_item(self, ctx: Context, item: Item) -> ItemOutput:
@@ -152,6 +159,11 @@ class TrimStage(Stage):
                           f"review[/]: see {anomalies_csv} and plots/; put decisions in a file "
                           "named by trim.overrides")
         return outputs
+
+
+def _stamp(path: Path) -> list[int] | None:
+    """Size and mtime of a file outside the workdir, or None while it does not exist."""
+    return [path.stat().st_size, path.stat().st_mtime_ns] if path.is_file() else None
 
 
 def _read_scores(path: Path) -> np.ndarray:

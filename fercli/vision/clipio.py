@@ -10,6 +10,7 @@ to write and ~2 ms to read, FFV1 grey ~0.5 / 0.8 ms, HuffYUV colour ~0.2 / 0.5 m
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import queue
 import threading
@@ -20,6 +21,7 @@ import cv2
 import numpy as np
 
 from fercli.errors import ArtifactError, ConfigError, FerError
+from fercli.workspace import disk_full
 
 CODECS = {"ffv1": "FFV1", "huffyuv": "HFYU"}
 GRAY_EXACT_CODECS = {"ffv1"}
@@ -27,8 +29,12 @@ BOX_COLUMNS = ("frame", "x", "y", "w", "h", "source")
 
 
 def temp_path_for(path: Path) -> Path:
-    """Hidden sibling of ``path`` that keeps its extension, so the container is the same."""
-    return path.with_name(f".{path.stem}.tmp{path.suffix}")
+    """Hidden sibling of ``path`` that keeps its extension, so the container is the same.
+
+    The name holds the writer's pid: a worker orphaned by a killed run may still write the
+    clip that the re-run is writing, and neither may publish the other's half-written file.
+    """
+    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
 
 
 class ClipWriter:
@@ -71,7 +77,7 @@ class ClipWriter:
         self._encoder_error: cv2.error | None = None
 
     def __enter__(self):
-        self._temp.unlink(missing_ok=True)  # left by a killed run
+        self._temp.unlink(missing_ok=True)  # a killed run whose pid was reused
         fourcc = cv2.VideoWriter_fourcc(*CODECS[self.codec])
         writer = cv2.VideoWriter(
             str(self._temp), fourcc, self.fps, (self.size, self.size), isColor=self.color
@@ -114,12 +120,16 @@ class ClipWriter:
         self._queue.put(None)
         self._encoder.join()
         self._writer.release()
-        if exc_type is None and self._encoder_error is None:
-            os.replace(self._temp, self.path)
-            return
-        self._temp.unlink(missing_ok=True)
-        if exc_type is None:
-            raise self._encoder_error
+        try:
+            if exc_type is None and self._encoder_error is None:
+                os.replace(self._temp, self.path)
+                return
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise disk_full(self.path) from exc
+            if exc_type is None:
+                raise self._encoder_error
+        finally:
+            self._temp.unlink(missing_ok=True)  # a half-written clip never stays behind
 
 
 def iter_clip(path: str | Path, color: bool = True) -> Iterator[np.ndarray]:
