@@ -9,6 +9,7 @@ Sections are plain functions in ``SECTIONS``; each prints its own table and stor
 figures in ``bench.results`` (saved with ``--json OUT``).
 
     python scripts/bench.py [--video PATH] [--like-bu4dfe] [--seconds 1.5] [--json bench.json]
+                            [--memory]
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +50,7 @@ class Bench:
     workdir: Path
     seconds: float
     console: Console
+    memory: bool = False  # run section_memory (about 2-3 minutes)
     detector: HaarDetector = field(default_factory=HaarDetector)
     results: dict = field(default_factory=dict)
 
@@ -271,7 +275,257 @@ def section_extract(bench: Bench) -> None:
     bench.results["extract"] = rows
 
 
-SECTIONS = [section_machine, section_speed, section_breakdown, section_goal, section_extract]
+# --------------------------------------------------------------------------- deployment
+DEMO_RUNS = REPO / "demo-work" / "finalize" / "runs"
+LIVE_VIDEO = REPO / "sample_data" / "F001_happy_tex.avi"
+TINY_SETTINGS = ["index.exclude_subjects=[F003, F004, M003, M004]", "split.folds=2",
+                 "split.test_subjects=[F001, F002]", "track.size=64", "trim.plot_examples=0",
+                 "extract.backbone=small-cnn", "extract.weights=null", "extract.max_frames=40"]
+
+
+def tiny_run(bench: Bench) -> Path:
+    """Without demo-work: real test clips of 4 sample subjects, an untrained LSTM run."""
+    from fercli.backbones import build_feature_extractor
+    from fercli.config import load_config
+    from fercli.engine import run_stage
+    from fercli.models import build_model
+    from fercli.stages import PIPELINE
+
+    workdir = bench.workdir / "tiny" / "work"
+    cfg = load_config(None, [f"workdir={workdir}", f"index.root={REPO / 'sample_data'}",
+                             *TINY_SETTINGS])
+    for stage in ("index", "split", "detect", "track", "trim"):
+        run_stage(PIPELINE[stage], cfg, PIPELINE, workers=os.cpu_count() or 1,
+                  console=Console(quiet=True))
+    classes = json.loads((workdir / "index" / "classes.json").read_text())
+    dim = build_feature_extractor("small-cnn", weights=None).feature_dim
+    run_dir = workdir / "finalize" / "runs" / "lstm-small-untrained"
+    run_dir.mkdir(parents=True)
+    build_model("lstm", {}, (40, dim), len(classes)).save(run_dir / "model.keras")
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    (run_dir / "classes.json").write_text(json.dumps(classes))
+    (run_dir / "model.json").write_text(json.dumps({
+        "run": run_dir.name, "model": "lstm", "classes": classes, "input_shape": [40, dim],
+        "backbone": cfg["extract"], "clip_size": None, "color": True, "max_frames": 40}))
+    return run_dir
+
+
+def section_export(bench: Bench) -> None:
+    """Exported files (thesis 4.2): size, ms per clip, agreement with the Keras pipeline."""
+    from fercli.export import TABLE_COLUMNS, export_run, resolve_run, table_rows
+
+    if any(DEMO_RUNS.glob("*/model.json")):
+        run_dir, source = resolve_run(None, DEMO_RUNS.parents[1]), "demo-work"
+    else:
+        bench.console.print("(no demo-work run: `make demo` first to measure the demo's "
+                            "model; a tiny untrained run is measured instead)")
+        with bench.console.status("export: preparing test clips of a tiny run ..."):
+            run_dir, source = tiny_run(bench), "tiny untrained run"
+    out = bench.workdir / "export" / run_dir.name
+    with bench.console.status(f"export: {run_dir.name} in 4 formats, checked on its test "
+                              "clips ..."):
+        summary = export_run(run_dir, out, ["savedmodel", "tflite"],
+                             ["none", "float16", "int8"])
+    check = summary.get("check", {})
+    table = Table(title=f"export: {run_dir.name} ({source}; {summary['model']}), "
+                        f"{check.get('clips', 0)} test clips of {summary['max_frames']} frames "
+                        f"max, batch 1, {os.cpu_count()} threads")
+    for column in TABLE_COLUMNS:
+        table.add_column(column, justify="left" if column == "artifact" else "right")
+    for row in table_rows(summary):
+        table.add_row(*row)
+    bench.console.print(table)
+    bench.console.print("(the Keras pipeline runs the backbone on the real frames only; an "
+                        "exported graph always reads max_frames, zeros after the clip)")
+    bench.results["export"] = {key: summary.get(key) for key in
+                               ("run", "folder", "artifacts", "reference", "check")}
+    bench.results["export"]["source"] = source
+
+
+def section_live(bench: Bench) -> None:
+    """`fer live` on a sample video: frames/s and real-time factor per classifier."""
+    from fercli.live import PREFERENCE, exported_classifier, keras_classifier, run_live
+
+    export = bench.results.get("export")
+    if not export:
+        return
+    video = LIVE_VIDEO if LIVE_VIDEO.is_file() else bench.video
+    folder = Path(export["folder"])
+    classifiers = [exported_classifier(folder / name) for name in PREFERENCE
+                   if (folder / name).exists()]
+    classifiers.append(keras_classifier(Path(read_run_path(folder))))
+    table = Table(title=f"fer live {video.name} --window 2 --stride 0.5 (detect/track every "
+                        "frame, a prediction every 0.5 s)")
+    for column in ("classifier", "frames", "frames/s", "real-time factor", "predictions",
+                   "last label"):
+        table.add_column(column, justify="left" if column == "classifier" else "right")
+    rows = []
+    with bench.console.status("live: playing the video through each classifier ..."):
+        for classifier in classifiers:
+            summary = run_live(str(video), classifier, window=2.0, stride=0.5,
+                               say=lambda _line: None)
+            label = summary["predictions"][-1]["label"] if summary["predictions"] else "-"
+            name = classifier.path.name if classifier.kind != "keras" else "keras"
+            rows.append({"classifier": name, **{k: summary[k] for k in (
+                "frames", "frames_per_second", "realtime_factor")},
+                "predictions": len(summary["predictions"]), "label": label})
+            table.add_row(name, str(summary["frames"]), f"{summary['frames_per_second']:.1f}",
+                          f"{summary['realtime_factor']:.2f}", str(len(summary["predictions"])),
+                          label)
+    bench.console.print(table)
+    bench.results["live"] = rows
+
+
+def read_run_path(export_folder: Path) -> str:
+    return json.loads((export_folder / "export.json").read_text())["run_path"]
+
+
+# --------------------------------------------------------------------------- memory
+MEMORY_STORE = (3000, 100, 2048)  # sequences x frames x features: 1.2 GB of float16
+MEMORY_FIT = {"steps": 150, "batch": 16, "units": 32}
+MEMORY_BASELINE_STEPS = 20
+EXTRACT_CLIPS, EXTRACT_FRAMES = 8, 80  # N clips of 80 frames, then 4N
+
+FIT_CODE = """
+import json, os, sys, time
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras, numpy as np, tensorflow as tf
+from fercli.datasets import feature_dataset
+from fercli.featurestore import FeatureStore
+from fercli.models import build_model, compile_model
+path, steps, batch, units, mode = sys.argv[1], *map(int, sys.argv[2:5]), sys.argv[5]
+with FeatureStore(path) as store:
+    rows, frames, dim = len(store), int(store.lengths.max()), store.feature_dim
+    n_classes = len(store.classes)
+if mode == "store":
+    data = feature_dataset(path, np.arange(rows), frames, batch, shuffle=True, seed=0)
+else:  # one batch held in memory: TensorFlow and the model alone
+    x = {"features": np.zeros((batch, frames, dim), np.float32),
+         "mask": np.ones((batch, frames), np.float32)}
+    y = np.eye(n_classes, dtype=np.float32)[np.arange(batch) % n_classes]
+    data = tf.data.Dataset.from_tensors((x, y))
+model = compile_model(build_model("lstm", {"units": units}, (frames, dim), n_classes), 1e-3)
+stamps = []
+tick = keras.callbacks.LambdaCallback(
+    on_train_batch_end=lambda *_, **__: stamps.append(time.perf_counter()))
+history = model.fit(data.repeat(), steps_per_epoch=steps, epochs=1, verbose=0,
+                    callbacks=[tick])
+print(json.dumps({"steps_per_second": (len(stamps) - 1) / (stamps[-1] - stamps[0]),
+                  "accuracy": history.history["accuracy"][-1]}))
+"""
+
+EXTRACT_CODE = """
+import json, os, sys
+import numpy as np
+from fercli.backbones import build_feature_extractor
+from fercli.stages.extract import extract_sequence
+clips, per_clip, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+extractor = build_feature_extractor("small-cnn", weights=None)
+face = np.random.default_rng(0).integers(0, 256, (160, 160, 3), np.uint8)
+def frames(clip):  # decoded one at a time, as from a face clip
+    for i in range(per_clip):
+        yield np.roll(face, clip + i, axis=1)
+for clip in range(clips):  # as `fer extract` does per item: features, one .npy
+    features = extract_sequence(frames(clip), extractor, 64)
+    np.save(os.path.join(out, f"{clip}.npy"), features.astype(np.float16))
+print(json.dumps({"clips": clips, "frames": clips * per_clip}))
+"""
+
+PEAK_RSS_WRAPPER = """
+import json, resource, subprocess, sys
+child = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+sys.stderr.write(child.stderr[-3000:])
+print(json.dumps({"stdout": child.stdout, "returncode": child.returncode,
+                  "maxrss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+"""
+
+
+def peak_rss(code: str, *args: str) -> tuple[dict, float]:
+    """Run ``code`` in a fresh Python; its JSON result and its peak RSS in MB.
+
+    A wrapper process starts it and reads ``getrusage(RUSAGE_CHILDREN).ru_maxrss``, so each
+    figure is that one child's peak alone.
+    """
+    wrapper = subprocess.run([sys.executable, "-c", PEAK_RSS_WRAPPER, sys.executable, "-c",
+                              code, *map(str, args)], capture_output=True, text=True)
+    report = json.loads(wrapper.stdout.strip().splitlines()[-1])
+    if report["returncode"]:
+        raise RuntimeError(f"benchmark child failed: {wrapper.stderr[-1500:]}")
+    return json.loads(report["stdout"].strip().splitlines()[-1]), report["maxrss_kb"] / 1024
+
+
+def write_memory_store(path: Path) -> float:
+    """A feature store of MEMORY_STORE shape; class c lifts features 16c..16c+15 by one."""
+    from fercli.featurestore import FeatureStoreWriter, Row
+
+    n_rows, frames, dim = MEMORY_STORE
+    classes = ["angry", "disgust", "fear", "happy", "sad", "surprise"]
+    rng = np.random.default_rng(0)
+    with FeatureStoreWriter(path, dim, classes, dtype="float16") as writer:
+        for i in range(n_rows):
+            label = i % len(classes)
+            features = rng.standard_normal((frames, dim), dtype=np.float32)
+            features[:, 16 * label:16 * (label + 1)] += 1.0
+            writer.add(Row(f"seq{i:05d}", f"seq{i:05d}", f"S{i % 100:03d}", label, "",
+                           f"fold-{i % 5}"), features)
+    return path.stat().st_size / 1e6
+
+
+def section_memory(bench: Bench) -> None:
+    """Bounded memory: training streams a store larger than memory allows; extract memory
+    does not grow with the number of videos (peak RSS of each run in its own process)."""
+    if not bench.memory:
+        bench.console.print("(memory section skipped: pass --memory; `make bench` does)")
+        return
+    store = bench.workdir / "memory" / "features.h5"
+    store.parent.mkdir(parents=True)
+    n_rows, frames, dim = MEMORY_STORE
+    started = time.perf_counter()
+    with bench.console.status(f"memory: writing a {n_rows} x {frames} x {dim} float16 "
+                              "feature store ..."):
+        store_mb = write_memory_store(store)
+    write_s = time.perf_counter() - started
+    fit = MEMORY_FIT
+    rows = []
+    with bench.console.status(f"memory: LSTM({fit['units']}) fits, batch {fit['batch']} ..."):
+        for label, mode, steps in (("fit, one batch held in memory (baseline)", "memory",
+                                    MEMORY_BASELINE_STEPS),
+                                   ("fit streaming the store (feature_dataset)", "store",
+                                    fit["steps"])):
+            result, rss = peak_rss(FIT_CODE, store, steps, fit["batch"], fit["units"], mode)
+            rows.append({"run": label, "steps": steps, "peak_rss_mb": rss, **result})
+    out = bench.workdir / "memory" / "items"
+    with bench.console.status("memory: extract over N and 4N clips ..."):
+        for clips in (EXTRACT_CLIPS, 4 * EXTRACT_CLIPS):
+            out.mkdir(exist_ok=True)
+            result, rss = peak_rss(EXTRACT_CODE, clips, EXTRACT_FRAMES, out)
+            rows.append({"run": f"extract_sequence over {clips} clips "
+                                f"({result['frames']} frames, small-cnn)",
+                         "peak_rss_mb": rss})
+            shutil.rmtree(out)
+    table = Table(title=f"Bounded memory: a {store_mb:.0f} MB feature store ({n_rows} x "
+                        f"{frames} x {dim} float16, written in {write_s:.0f} s); peak RSS of "
+                        "each run in a fresh process")
+    for column in ("run", "steps", "peak RSS", "steps/s", "accuracy"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for row in rows:
+        table.add_row(row["run"], str(row.get("steps", "")), f"{row['peak_rss_mb']:.0f} MB",
+                      f"{row['steps_per_second']:.2f}" if "steps_per_second" in row else "",
+                      f"{row['accuracy']:.3f}" if row["run"].startswith("fit streaming")
+                      else "")
+    bench.console.print(table)
+    streamed = rows[1]["peak_rss_mb"] - rows[0]["peak_rss_mb"]
+    grown = rows[3]["peak_rss_mb"] - rows[2]["peak_rss_mb"]
+    bench.console.print(
+        f"Streaming the store adds {streamed:.0f} MB to the baseline, "
+        f"{100 * streamed / store_mb:.1f}% of the store's {store_mb:.0f} MB; extract over 4x "
+        f"the clips changes peak RSS by {grown:+.0f} MB")
+    bench.results["memory"] = {"store_mb": store_mb, "store_shape": list(MEMORY_STORE),
+                               "write_seconds": write_s, "runs": rows}
+
+
+SECTIONS = [section_machine, section_speed, section_breakdown, section_goal, section_extract,
+            section_export, section_live, section_memory]
 
 
 def default_video(workdir: Path) -> Path:
@@ -319,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=1.5,
                         help="minimum time each figure is measured over")
     parser.add_argument("--json", type=Path, help="also save the figures to this JSON file")
+    parser.add_argument("--memory", action="store_true",
+                        help="also measure bounded memory (a 1.2 GB feature store; 2-3 min)")
     args = parser.parse_args(argv)
     console = Console()
     with tempfile.TemporaryDirectory(prefix="fercli-bench-") as tmp:
@@ -329,7 +585,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.like_bu4dfe:
             video = bu4dfe_like_copy(video, workdir)
-        bench = Bench(video=video, workdir=workdir, seconds=args.seconds, console=console)
+        bench = Bench(video=video, workdir=workdir, seconds=args.seconds, console=console,
+                      memory=args.memory)
         for section in SECTIONS:
             section(bench)
     if args.json:

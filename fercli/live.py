@@ -1,0 +1,309 @@
+"""`fer live`: the current emotion of the face in a camera, a video file or a stream.
+
+Real-time FER (thesis 4.2) has to keep up with the frames as they come. Here every frame
+goes through the run's own face path, the ``FaceSampler`` of `fer predict` (detect while
+searching, track otherwise, crop at track.size/track.color), and the face crops of the
+last ``window`` seconds form the sequence the classifier reads, every ``stride`` seconds:
+
+- a window with a face in fewer than half its frames gets no prediction (the rule of
+  `fer predict --window`); its most recent ``max_frames`` faces are used when it holds more;
+- the classifier is an exported graph of `fer export` (TFLite preferred: the run's export
+  folder is used when it matches model.keras) or else the run's Keras pipeline;
+- each prediction prints one line (time, label, every probability); ``--write`` saves the
+  video with the face box, the label and one bar per class drawn on it, ``--show`` shows it.
+
+At the end it reports frames per second and the real-time factor: seconds of video
+processed per second of wall time (above 1: faster than the video plays; a camera can
+never run ahead of itself, so there it stays at or below 1).
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import ConfigError, FerError, InputError
+from .export import ExportedModel, KerasPipeline, default_out_dir, pad_clip, resolve_run
+from .workspace import atomic_path, file_sha256, read_json
+
+# Exported files in order of preference: TFLite float32 keeps the Keras scores, then the
+# smaller TFLite variants, then the SavedModel.
+PREFERENCE = ("model.tflite", "model-float16.tflite", "model-int8.tflite", "savedmodel")
+VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "XVID", ".mov": "mp4v"}
+BAR_WIDTH = 120  # pixels of a probability of 1.0 in the overlay
+
+
+# --------------------------------------------------------------------------- classifiers
+@dataclass
+class Classifier:
+    """A run ready for windows of face crops: its config, classes and a predict function."""
+
+    name: str
+    kind: str  # tflite | savedmodel | keras
+    path: Path
+    classes: list[str]
+    max_frames: int
+    config: dict  # detect and track sections (the face path the model was trained on)
+    predict_crops: object = field(repr=False)  # list of (S, S, C) uint8 -> (classes,)
+
+    def predict(self, crops: list[np.ndarray]) -> np.ndarray:
+        return np.asarray(self.predict_crops(crops[-self.max_frames:]), np.float64)
+
+
+def exported_classifier(path: Path) -> Classifier:
+    """A classifier from `fer export` output: its folder, a .tflite file or a SavedModel."""
+    path = Path(path)
+    folder = path if (path / "export.json").is_file() else path.parent
+    if not (folder / "export.json").is_file():
+        raise ConfigError(f"{path} has no export.json beside it",
+                          hint="Give the folder `fer export` wrote (or a file inside it)")
+    summary = read_json(folder / "export.json", "export.json")
+    if path == folder:
+        names = [n for n in PREFERENCE if n in summary["artifacts"] and (folder / n).exists()]
+        if not names:
+            raise ConfigError(f"{folder} holds no exported model", hint="Run `fer export`")
+        path = folder / names[0]
+    model = ExportedModel(path)
+    size = int(summary["config"]["track"]["size"])
+    channels = 3 if summary["config"]["track"]["color"] else 1
+
+    def predict(crops: list[np.ndarray]) -> np.ndarray:
+        clip, mask = pad_clip(crops, model.max_frames, size, channels)
+        return model.predict(clip, mask)[0]
+
+    return Classifier(summary["run"], model.kind, path, list(summary["classes"]),
+                      model.max_frames, summary["config"], predict)
+
+
+def keras_classifier(run_dir: Path) -> Classifier:
+    from .predict import load_run
+
+    run = load_run(run_dir)
+    pipeline = KerasPipeline(run)
+    return Classifier(run.name, "keras", run.path, run.classes, run.max_frames, run.config,
+                      lambda crops: pipeline.predict(np.stack(crops)))
+
+
+def load_classifier(workdir: Path, run: str | None = None,
+                    model: Path | None = None) -> Classifier:
+    """``model`` (an export) as given; else the run (default: newest), exported if it can.
+
+    A run's export folder (<workdir>/export/<run>) is used when its export.json was made
+    from the run's current model.keras; otherwise the Keras pipeline runs.
+    """
+    if model is not None:
+        if run is not None:
+            raise ConfigError("--run and --model exclude each other", hint="Give one of them")
+        return exported_classifier(model)
+    run_dir = resolve_run(run, workdir)
+    export_dir = default_out_dir(run_dir)
+    if (export_dir / "export.json").is_file():
+        summary = read_json(export_dir / "export.json", "export.json")
+        if summary.get("source_sha256") == file_sha256(run_dir / "model.keras") and any(
+                (export_dir / n).exists() for n in PREFERENCE if n in summary["artifacts"]):
+            return exported_classifier(export_dir)
+    return keras_classifier(run_dir)
+
+
+# --------------------------------------------------------------------------- sources
+def open_source(source: str) -> tuple[cv2.VideoCapture, bool]:
+    """A camera index (digits), a video file or a stream URL; (capture, is_camera)."""
+    camera = source.isdigit()
+    if not camera and "://" not in source and not Path(source).exists():
+        raise InputError("no such video file", path=source,
+                         hint="Give a video file, a camera index (0) or a stream URL")
+    capture = cv2.VideoCapture(int(source) if camera else source)
+    if not capture.isOpened():
+        capture.release()
+        what = "camera" if camera else "video or stream"
+        raise InputError(f"cannot open the {what}", path=source,
+                         hint="Check the index, the path or URL, and the codec")
+    return capture, camera
+
+
+def frames_of(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            return
+        yield frame
+
+
+# --------------------------------------------------------------------------- drawing
+def draw_overlay(frame: np.ndarray, box, probabilities: np.ndarray | None,
+                 classes: list[str], status: str) -> np.ndarray:
+    """The frame with the face box, the current label and one bar per class."""
+    out = frame.copy()
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    if box is not None:
+        cv2.rectangle(out, (box.x, box.y), (box.x + box.w, box.y + box.h), (0, 220, 0), 2)
+    if probabilities is None:
+        cv2.putText(out, status, (8, 20), font, 0.5, (0, 200, 255), 1, cv2.LINE_AA)
+        return out
+    best = int(np.argmax(probabilities))
+    if box is not None:  # the label under the face (above it when the frame ends there)
+        label = f"{classes[best]} {probabilities[best]:.0%}"
+        below = box.y + box.h + 22
+        y = below if below < out.shape[0] else max(box.y - 8, 14)
+        cv2.putText(out, label, (box.x, y), font, 0.6, (0, 220, 0), 2, cv2.LINE_AA)
+    panel = out[:16 * len(classes) + 4, :74 + BAR_WIDTH]
+    panel[:] = (panel * 0.4).astype(np.uint8)  # darken behind the bars
+    for i, (name, p) in enumerate(zip(classes, probabilities, strict=True)):
+        y = 14 + 16 * i
+        colour = (0, 220, 0) if i == best else (200, 200, 200)
+        cv2.rectangle(out, (70, y - 10), (70 + int(BAR_WIDTH * p), y + 2), colour, -1)
+        cv2.putText(out, name[:9], (4, y), font, 0.4, colour, 1, cv2.LINE_AA)
+    return out
+
+
+# --------------------------------------------------------------------------- the loop
+@dataclass
+class LiveWindow:
+    """Face crops (None where no face) of the last ``frames`` frames."""
+
+    frames: int
+    entries: deque = field(default_factory=deque)
+
+    def add(self, face: np.ndarray | None) -> None:
+        self.entries.append(face)
+        while len(self.entries) > self.frames:
+            self.entries.popleft()
+
+    def faces(self) -> list[np.ndarray]:
+        return [f for f in self.entries if f is not None]
+
+    def ready(self) -> bool:
+        """A face in at least half the frames (as `fer predict --window` asks)."""
+        return bool(self.entries) and 2 * len(self.faces()) >= len(self.entries)
+
+
+def probability_line(seconds: float, probabilities: np.ndarray, classes: list[str]) -> str:
+    best = int(np.argmax(probabilities))
+    cells = " ".join(f"{c} {p:.2f}" for c, p in zip(classes, probabilities, strict=True))
+    return f"{seconds:7.2f} s  {classes[best]:<9} {probabilities[best]:.2f}  | {cells}"
+
+
+def run_live(source: str, classifier: Classifier, window: float = 2.0, stride: float = 0.5,
+             show: bool = False, write: Path | None = None, say=print) -> dict:
+    """Classify the face in ``source`` as it plays; returns the timing and predictions.
+
+    ``say`` receives each output line (probabilities, notes, the final report).
+    """
+    from .predict import FaceSampler
+    from .stages.detect import detector_from_params
+
+    if window <= 0 or stride <= 0:
+        raise ConfigError("--window and --stride must be positive seconds")
+    capture, camera = open_source(str(source))
+    fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+    fps_note = ""
+    if not 0 < fps < 1000:
+        fps = 25.0
+        fps_note = " (the source reports no frame rate; 25 fps assumed)"
+    detect, track = classifier.config["detect"], classifier.config["track"]
+    sampler = FaceSampler(detector_from_params(detect), track["tracker"], detect["extend_px"],
+                          track["size"], track["color"], every=1)
+    live = LiveWindow(max(1, round(window * fps)))
+    stride_frames = max(1, round(stride * fps))
+    classifier.predict([np.zeros(_crop_shape(track), np.uint8)])  # build the graph first
+    current: dict = {}
+
+    def frames() -> Iterator[np.ndarray]:
+        for frame in frames_of(capture):
+            current["frame"] = frame
+            yield frame
+
+    predictions, probabilities, status = [], None, "looking for a face"
+    say(f"live: {classifier.name} ({classifier.kind}: {classifier.path}) on {source}, "
+        f"{fps:g} fps{fps_note}; window {window:g} s, a prediction every {stride:g} s")
+    size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+            int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    started = time.perf_counter()
+    try:
+        with video_writer(write, size, fps) as writer:
+            try:
+                for sample, face in sampler.samples(frames()):
+                    live.add(face if face is None or face.ndim == 3 else face[..., None])
+                    if (sample.frame + 1) % stride_frames == 0:
+                        seconds = (sample.frame + 1) / fps
+                        if live.ready():
+                            probabilities = classifier.predict(live.faces())
+                            best = classifier.classes[int(np.argmax(probabilities))]
+                            predictions.append({"seconds": round(seconds, 3), "label": best,
+                                                "probabilities": [round(float(p), 6)
+                                                                  for p in probabilities]})
+                            say(probability_line(seconds, probabilities, classifier.classes))
+                        else:
+                            probabilities, status = None, "no face"
+                            say(f"{seconds:7.2f} s  no face in half the window")
+                    if writer is not None or show:
+                        frame = draw_overlay(current["frame"], sample.box, probabilities,
+                                             classifier.classes, status)
+                        if writer is not None:
+                            writer.write(frame)
+                        if show and _show(frame):
+                            break
+            except KeyboardInterrupt:  # a camera runs until stopped: keep what was written
+                say("live: interrupted")
+    finally:
+        capture.release()
+        if show:
+            cv2.destroyAllWindows()
+    wall = time.perf_counter() - started
+    frames_read = sampler.frames_read
+    summary = {"source": str(source), "camera": camera, "run": classifier.name,
+               "kind": classifier.kind, "model": str(classifier.path), "fps": fps,
+               "frames": frames_read, "face_frames": sampler.counts["detect"]
+               + sampler.counts["track"], "detections": sampler.counts["detect"],
+               "predictions": predictions, "wall_seconds": round(wall, 3),
+               "video_seconds": round(frames_read / fps, 3),
+               "frames_per_second": round(frames_read / max(wall, 1e-9), 2),
+               "realtime_factor": round(frames_read / fps / max(wall, 1e-9), 3),
+               "written": str(write) if write else None}
+    say(f"live: {frames_read} frames ({summary['video_seconds']:.1f} s of video) in "
+        f"{wall:.1f} s: {summary['frames_per_second']:.1f} frames/s, real-time factor "
+        f"{summary['realtime_factor']:.2f}; {len(predictions)} predictions")
+    return summary
+
+
+def _crop_shape(track: dict) -> tuple[int, ...]:
+    return (track["size"], track["size"], 3 if track["color"] else 1)
+
+
+@contextmanager
+def video_writer(path: Path | None, size: tuple[int, int], fps: float):
+    """cv2.VideoWriter into a temporary name, renamed into place when the loop ends."""
+    if path is None:
+        yield None
+        return
+    path = Path(path)
+    codec = VIDEO_CODECS.get(path.suffix.lower())
+    if codec is None:
+        raise ConfigError(f"cannot write {path.suffix or 'files without a suffix'}",
+                          hint=f"Use one of: {', '.join(VIDEO_CODECS)}")
+    with atomic_path(path) as tmp:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), fps, size)
+        if not writer.isOpened():
+            raise FerError(f"cannot open a {codec} video writer", path=path,
+                           hint="Check that the folder is writable, or try .avi")
+        try:
+            yield writer
+        finally:
+            writer.release()
+
+
+def _show(frame: np.ndarray) -> bool:
+    """Show the frame; True when the user pressed q or Esc."""
+    try:
+        cv2.imshow("fer live (q: quit)", frame)
+        return cv2.waitKey(1) & 0xFF in (ord("q"), 27)
+    except cv2.error as exc:
+        raise FerError(f"cannot open a window ({str(exc).strip().splitlines()[-1][:120]})",
+                       hint="Without a display, use --write OUT.mp4 instead of --show") \
+            from None

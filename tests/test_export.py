@@ -1,0 +1,195 @@
+"""`fer export` on tiny finalized runs over real trimmed face clips (about 60 s).
+
+The work directory is real (index, split, detect, track, trim on four sample_data subjects,
+two of them the test set); the runs are built here as `fer finalize` writes them, around
+untrained models: an LSTM on small-cnn features and an LRCN on 32 px clips. Their output
+layer is scaled up so that classes are well apart and argmax agreement tests the exported
+graph, not ties between near-equal scores.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from fercli.config import load_config
+from fercli.engine import run_stage
+from fercli.errors import ConfigError
+from fercli.stages import PIPELINE
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_FRAMES = 16
+SETTINGS = [f"index.root={ROOT / 'sample_data'}",
+            "index.exclude_subjects=[F003, F004, M003, M004]", "split.folds=2",
+            "split.test_subjects=[F001, F002]", "track.size=64", "trim.plot_examples=0",
+            "extract.backbone=small-cnn", "extract.weights=null",
+            f"extract.max_frames={MAX_FRAMES}"]
+
+
+def make_run(workdir: Path, name: str, model_name: str, params: dict, input_shape: tuple,
+             clip_size: int | None = None) -> Path:
+    """A run folder as `fer finalize` writes it, around an untrained, decisive model."""
+    from fercli.models import build_model
+
+    config = load_config(None, [f"workdir={workdir}", *SETTINGS])
+    classes = json.loads((workdir / "index/classes.json").read_text())
+    model = build_model(model_name, params, input_shape, len(classes))
+    head = model.get_layer("probabilities")
+    head.set_weights([w * 8.0 for w in head.get_weights()])
+    run_dir = workdir / "finalize" / "runs" / name
+    run_dir.mkdir(parents=True)
+    model.save(run_dir / "model.keras")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.data, sort_keys=False))
+    backbone = None if clip_size else {**config["extract"]}
+    (run_dir / "model.json").write_text(json.dumps({
+        "run": name, "model": model_name, "classes": classes, "input_shape": list(input_shape),
+        "backbone": backbone, "clip_size": clip_size, "color": True,
+        "max_frames": MAX_FRAMES}))
+    (run_dir / "classes.json").write_text(json.dumps(classes))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    from fercli.backbones import build_feature_extractor
+
+    workdir = tmp_path_factory.mktemp("export") / "work"
+    cfg = load_config(None, [f"workdir={workdir}", *SETTINGS])
+    for stage in ("index", "split", "detect", "track", "trim"):
+        run_stage(PIPELINE[stage], cfg, PIPELINE, workers=2)
+    dim = build_feature_extractor("small-cnn", weights=None).feature_dim
+    return {"feature": make_run(workdir, "lstm-small", "lstm", {"units": 8},
+                                (MAX_FRAMES, dim)),
+            "clip": make_run(workdir, "lrcn-clips32", "lrcn",
+                             {"filters": [4, 4], "layers": 1, "units": 8},
+                             (MAX_FRAMES, 32, 32, 3), clip_size=32),
+            "workdir": workdir}
+
+
+@pytest.fixture(scope="module")
+def feature_export(runs) -> dict:
+    from fercli.export import export_run
+
+    return export_run(runs["feature"], None, ["savedmodel", "tflite"],
+                      ["none", "float16", "int8"])
+
+
+def test_feature_run_exports_every_format_and_agrees(runs, feature_export):
+    out = runs["workdir"] / "export" / "lstm-small"
+    assert feature_export["folder"] == str(out)
+    assert (out / "savedmodel" / "saved_model.pb").is_file()
+    artifacts = feature_export["artifacts"]
+    assert list(artifacts) == ["savedmodel", "model.tflite", "model-float16.tflite",
+                               "model-int8.tflite"]
+    for name, entry in artifacts.items():
+        assert entry["bytes"] > 0 and entry["ms_per_clip"] > 0, name
+        assert entry["agreement"] >= 0.9, (name, entry)
+        assert not entry["select_tf_ops"], name  # builtin TFLite ops only
+    for name in ("savedmodel", "model.tflite"):  # float32: the same function
+        assert artifacts[name]["max_abs_diff"] < 1e-3 and artifacts[name]["agreement"] == 1.0
+    assert artifacts["model-float16.tflite"]["bytes"] < artifacts["model.tflite"]["bytes"]
+    check = feature_export["check"]
+    assert check["clips"] == 12 and all(0 < n <= MAX_FRAMES for n in check["frames"])
+    assert feature_export["input"] == {"clip": [MAX_FRAMES, 64, 64, 3], "dtype": "uint8",
+                                       "channels": "BGR", "mask": [MAX_FRAMES],
+                                       "signature": "serve", "output": "probabilities"}
+    on_disk = json.loads((out / "export.json").read_text())
+    assert on_disk["artifacts"] == artifacts
+    table = (out / "export.md").read_text()
+    assert "| keras (model.keras + backbone) |" in table and "| model-int8.tflite |" in table
+
+
+def test_exported_files_run_without_fercli_models(runs, feature_export):
+    """The SavedModel and the TFLite file alone give the run's probabilities."""
+    import tensorflow as tf
+
+    from fercli.export import ExportedModel, KerasPipeline, pad_clip, run_clips
+    from fercli.predict import load_run
+
+    run = load_run(runs["feature"])
+    clip = run_clips(run, "test")[0]
+    expected = KerasPipeline(run).predict(clip.crops)
+    data, mask = pad_clip(clip.crops, MAX_FRAMES, 64, 3)
+    out = Path(feature_export["folder"])
+    serve = tf.saved_model.load(str(out / "savedmodel")).signatures["serve"]
+    batch = serve(clip=tf.constant(np.repeat(data, 2, 0)), mask=tf.constant(np.repeat(mask, 2, 0)))
+    np.testing.assert_allclose(batch["probabilities"].numpy(), [expected, expected], atol=1e-4)
+    np.testing.assert_allclose(ExportedModel(out / "model.tflite").predict(data, mask)[0],
+                               expected, atol=1e-4)
+
+
+def test_export_json_keeps_earlier_files_of_the_same_model(runs, feature_export):
+    from fercli.export import export_run
+
+    again = export_run(runs["feature"], None, ["savedmodel"], check=False)
+    assert list(again["artifacts"]) == list(feature_export["artifacts"])
+    assert again["artifacts"]["model-int8.tflite"] == \
+        feature_export["artifacts"]["model-int8.tflite"]
+
+
+def test_clip_run_exports_through_the_cli(runs, fer, tmp_path):
+    out = tmp_path / "clip-export"
+    result = fer("export", str(runs["clip"]), "--format", "tflite", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "model.tflite" in result.output and "agreement" in result.output
+    summary = json.loads((out / "export.json").read_text())
+    assert list(summary["artifacts"]) == ["model.tflite"]
+    assert summary["artifacts"]["model.tflite"]["agreement"] >= 0.9
+    assert summary["artifacts"]["model.tflite"]["max_abs_diff"] < 1e-3
+    assert summary["reference"]["ms_per_clip"] > 0
+
+
+@pytest.mark.parametrize("size, target, channels, gray, interpolation, mode, exact", [
+    (160, (64, 64), 1, True, cv2.INTER_AREA, "symmetric", 1.0),  # minixception-like
+    (64, (64, 64), 3, False, cv2.INTER_AREA, "torch", 1.0),  # no resize
+    # enlarged: OpenCV's uint8 bilinear uses 11-bit fixed-point weights
+    (48, (64, 64), 3, False, cv2.INTER_LINEAR, "caffe", 0.85),
+])
+def test_graph_preprocessing_equals_the_backbone_preprocessing(size, target, channels, gray,
+                                                               interpolation, mode, exact):
+    from fercli.backbones import BackboneSpec, normalise
+    from fercli.export import PixelPlan, _layers
+
+    spec = BackboneSpec("probe", (*target, channels), mode, (), "pool", None, "")
+    crops = np.random.default_rng(0).integers(0, 256, (5, size, size, 3), np.uint8)
+    expected = spec.preprocess(crops, keep_color=not gray)
+    plan = PixelPlan(size, 3, target, channels, gray, interpolation, mode)
+    layer = _layers()["FacePixels"](plan)
+    got = np.asarray(layer(crops[None]))[0]
+    scale = float(np.max(np.abs(normalise(np.full((1, 1, 1, channels), 1.0), mode)
+                                - normalise(np.zeros((1, 1, 1, channels)), mode))))
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= scale + 1e-4  # at most one grey level apart
+    assert np.mean(np.isclose(got, expected, atol=1e-4)) >= exact
+
+
+def test_clip_preprocessing_equals_load_clip_resizing():
+    from fercli.export import PixelPlan, _layers
+
+    crops = np.random.default_rng(1).integers(0, 256, (3, 64, 64, 3), np.uint8)
+    expected = np.stack([cv2.cvtColor(cv2.resize(c, (32, 32), interpolation=cv2.INTER_AREA),
+                                      cv2.COLOR_BGR2RGB) for c in crops]) / 255.0
+    plan = PixelPlan(64, 3, (32, 32), 3, False, cv2.INTER_AREA, "unit")
+    got = np.asarray(_layers()["FacePixels"](plan)(crops[None]))[0]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_export_option_mistakes(runs):
+    from fercli.export import plan_artifacts, resolve_run
+
+    assert plan_artifacts(None, None) == [("savedmodel", "none"), ("tflite", "none")]
+    assert plan_artifacts(["tflite"], ["float16", "int8"]) == [("tflite", "float16"),
+                                                              ("tflite", "int8")]
+    with pytest.raises(ConfigError, match="TFLite only"):
+        plan_artifacts(["savedmodel"], ["int8"])
+    with pytest.raises(ConfigError, match="unknown export format"):
+        plan_artifacts(["onnx"], None)
+    with pytest.raises(ConfigError, match="unknown quantization"):
+        plan_artifacts(["tflite"], ["int4"])
+    with pytest.raises(ConfigError, match="lrcn-clips32"):
+        resolve_run("nope", runs["workdir"])
+    assert resolve_run("lstm-small", runs["workdir"]) == runs["feature"]
