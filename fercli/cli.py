@@ -18,8 +18,14 @@ from rich.table import Table
 
 from . import __version__
 from .config import DEFAULT_CONFIG_FILE, defaults, load_config, reference_markdown
-from .engine import (StageResult, parse_shard, raise_if_failed, run_stage, stage_states,
-                     summary_table)
+from .engine import (
+    StageResult,
+    parse_shard,
+    raise_if_failed,
+    run_stage,
+    stage_states,
+    summary_table,
+)
 from .errors import FerError, ItemsFailedError, MissingUpstreamError
 from .stages import PIPELINE
 
@@ -103,7 +109,8 @@ def _make_stage_command(stage_name: str) -> None:
 @handle_errors
 def index(root: Optional[Path] = typer.Argument(None, help="Dataset folder (sets index.root)."),
           config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-          force: bool = ForceOpt, shard: Optional[str] = ShardOpt, workers: Optional[int] = WorkersOpt):
+          force: bool = ForceOpt, shard: Optional[str] = ShardOpt,
+          workers: Optional[int] = WorkersOpt):
     """Build the dataset table (subject, label, frames, fps, size) from a folder."""
     overrides = list(set_ or [])
     if root is not None:
@@ -113,7 +120,8 @@ def index(root: Optional[Path] = typer.Argument(None, help="Dataset folder (sets
 
 @handle_errors
 def track(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-          force: bool = ForceOpt, shard: Optional[str] = ShardOpt, workers: Optional[int] = WorkersOpt,
+          force: bool = ForceOpt, shard: Optional[str] = ShardOpt,
+          workers: Optional[int] = WorkersOpt,
           compare: Optional[str] = typer.Option(None, "--compare", help="Compare trackers "
                                                 "instead, e.g. medianflow,kcf,csrt."),
           limit: int = typer.Option(24, "--limit", help="Items used by --compare.")):
@@ -305,7 +313,8 @@ def verify(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOp
     Exits with code 7 when any file is damaged; with --repair, makes them redoable instead.
     """
     from .errors import ArtifactError
-    from .verify import damage_table, repair as repair_damage, verify_workdir
+    from .verify import damage_table, verify_workdir
+    from .verify import repair as repair_damage
 
     cfg = load_config(config, set_)
     if not cfg.workdir.is_dir():

@@ -49,7 +49,8 @@ class Param:
     item_types: tuple[type, ...] | None = None  # element type for lists
 
     def type_name(self) -> str:
-        names = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "mapping"}
+        names = {bool: "bool", int: "int", float: "float", str: "str", list: "list",
+                 dict: "mapping"}
         text = " | ".join(names.get(t, t.__name__) for t in self.types)
         if self.item_types:
             text += f" of {' | '.join(names.get(t, t.__name__) for t in self.item_types)}"
@@ -336,7 +337,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             line = getattr(getattr(exc, "problem_mark", None), "line", None)
             where = f" (line {line + 1})" if line is not None else ""
             raise ConfigError(f"not valid YAML{where}", path=config_path,
-                              hint="Fix the syntax or regenerate it with `fer config init`")
+                              hint="Fix the syntax or regenerate it with `fer config init`"
+                              ) from None
         if not isinstance(loaded, dict):
             raise ConfigError("top level must be a mapping of sections", path=config_path)
         try:

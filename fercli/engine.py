@@ -24,14 +24,29 @@ from typing import Any, ClassVar
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from . import __version__
 from .config import Config, params_hash
-from .errors import ArtifactError, ConfigError, DiskFullError, FerError, InputError, \
-    ItemError, ItemsFailedError, LockError, MissingUpstreamError
+from .errors import (
+    ArtifactError,
+    ConfigError,
+    DiskFullError,
+    FerError,
+    InputError,
+    ItemError,
+    ItemsFailedError,
+    LockError,
+    MissingUpstreamError,
+)
 from .verify import check_stage_outputs
 from .workspace import SCHEMA_VERSION, StageDir, check_item_id, disk_full, file_entry
 

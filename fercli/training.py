@@ -173,8 +173,10 @@ def train_resumable(run_dir: Path, build, train_ds, val_ds, *, epochs: int, seed
         stopper, plateau = _resumable_stoppers(keras, early_stopping, state)
         callbacks += [stopper, plateau]
 
+        def number(value):
+            return None if value is None else float(value)
+
         def extra_state():
-            number = (lambda v: None if v is None else float(v))
             return {"es_wait": stopper.wait, "es_best": number(stopper.best),
                     "es_best_epoch": None if stopper.best_epoch is None
                     else stopper.best_epoch + 1,

@@ -11,9 +11,10 @@ accuracies. The search space comes from the config (`tune.space`):
         dropout: {min: 0.1, max: 0.8}    # a range: float (or int when both are ints)
         learning_rate: [1.0e-4, 1.0e-3]  # train-level keys: learning_rate, batch_size
 
-Trials are stored in ``work/tune/<model>-<hash>/`` (one folder per search) (KerasTuner reloads finished trials, so a
-killed search resumes); the results table and the best configuration as a config snippet
-(`best.yaml`, ready for `--config` or to paste into fer.yaml) are written next to them.
+Trials are stored in ``work/tune/<model>-<hash>/``, one folder per search (KerasTuner
+reloads finished trials, so a killed search resumes); the results table and the best
+configuration as a config snippet (`best.yaml`, ready for `--config` or to paste into
+fer.yaml) are written next to them.
 """
 from __future__ import annotations
 

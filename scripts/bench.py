@@ -265,8 +265,8 @@ def section_extract(bench: Bench) -> None:
                                             else "default")
         extractor.extract(np.stack(faces[:2]))  # build the graph outside the timing
         batched, single = best_rates(
-            [lambda: len(extract_sequence(faces, extractor, 64)),
-             lambda: len(extract_sequence(faces, extractor, 1))], bench.seconds)
+            [lambda e=extractor: len(extract_sequence(faces, e, 64)),
+             lambda e=extractor: len(extract_sequence(faces, e, 1))], bench.seconds)
         rows.append({"backbone": name, "features": extractor.feature_dim,
                      "batched_fps": batched, "single_fps": single})
         table.add_row(name, str(extractor.feature_dim), f"{batched:.0f}", f"{single:.0f}",

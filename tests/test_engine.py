@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_video
 
 import fercli.stages.index as index_module
-from conftest import write_video
 from fercli.config import load_config
 from fercli.engine import run_stage, stage_states
 from fercli.errors import LockError

@@ -4,11 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import write_sequence, write_video
+
+from fercli.config import load_config
 from fercli.errors import InputError
 from fercli.stages.index import make_item_ids, scan_dataset
-from fercli.config import load_config
 
 
 def read_index(workdir: Path) -> list[dict]:

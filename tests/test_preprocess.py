@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from conftest import write_face_video, write_sequence
+
 from fercli.config import load_config
 from fercli.engine import run_stage, stage_states
 from fercli.media import iter_frames

@@ -126,7 +126,8 @@ def test_two_faces_side_by_side_are_refused(haar):
     frame = blank(320, 500)
     frame[40:240, 20:210] = HEAD
     frame[40:240, 270:460] = HEAD
-    with pytest.raises(ItemError, match="2 faces found in the first 3 frames, expected exactly one"):
+    with pytest.raises(ItemError,
+                       match="2 faces found in the first 3 frames, expected exactly one"):
         detect_first_face([frame] * 3, haar)
 
 

@@ -82,9 +82,14 @@ class EvaluateStage(Stage):
         return [Item(t, file_sha256(files[t]), {"probs": str(files[t])}) for t in targets]
 
     def process_item(self, ctx: Context, item: Item) -> ItemOutput:
-        from ..evaluation import (evaluate, human_evaluation, load_human_annotations,
-                                  load_probabilities, write_evaluation,
-                                  write_human_evaluation)
+        from ..evaluation import (
+            evaluate,
+            human_evaluation,
+            load_human_annotations,
+            load_probabilities,
+            write_evaluation,
+            write_human_evaluation,
+        )
 
         classes = read_json(ctx.workdir / "index" / "classes.json", "classes.json")
         probs = load_probabilities(item.payload["probs"], classes)

@@ -21,9 +21,15 @@ from rich.console import Console
 from ..config import Config
 from ..engine import Context, Item, ItemOutput, Stage
 from ..workspace import atomic_path, atomic_write_json, atomic_write_text, read_json
+from .cv_train import (
+    CvTrainStage,
+    TrainingData,
+    build_fn,
+    prepare_devices,
+    train_fold,
+    train_params,
+)
 from .extract import ExtractStage
-from .cv_train import (CvTrainStage, TrainingData, build_fn, prepare_devices, train_fold,
-                       train_params)
 from .split import load_splits
 
 

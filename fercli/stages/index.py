@@ -104,7 +104,7 @@ def _ckplus_label(root: Path, rel: str) -> str | None:
         code = int(float(files[0].read_text().strip()))
         return CKPLUS_CODES[code]
     except (ValueError, IndexError):
-        raise InputError(f"emotion file holds no valid code 0-7", path=files[0],
+        raise InputError("emotion file holds no valid code 0-7", path=files[0],
                          hint="Fix or remove the file") from None
 
 

@@ -20,8 +20,14 @@ from ..config import Config
 from ..engine import Context, Item, ItemOutput, Stage
 from ..errors import ConfigError, InputError, ItemError
 from ..vision.clipio import iter_clip
-from ..vision.trim import (TrimResult, apply_override, load_overrides, motion_scores,
-                           openface_scores, trim_range)
+from ..vision.trim import (
+    TrimResult,
+    apply_override,
+    load_overrides,
+    motion_scores,
+    openface_scores,
+    trim_range,
+)
 from ..workspace import atomic_write_text
 
 

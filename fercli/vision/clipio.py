@@ -158,7 +158,8 @@ def read_clip(path: str | Path, color: bool = True) -> np.ndarray:
     """A whole clip as one array (T, H, W, 3) or (T, H, W); for short face clips only."""
     frames = list(iter_clip(path, color))
     if not frames:
-        raise ArtifactError("the clip has no frames", path=path, hint="Rerun the stage that made it.")
+        raise ArtifactError("the clip has no frames", path=path,
+                            hint="Rerun the stage that made it.")
     return np.stack(frames)
 
 
