@@ -403,8 +403,19 @@ def _process(stage: Stage, ctx: Context, todo: list[Item], workers: int, console
 
 
 def _exit_with_parent(parent: int) -> None:
-    """Worker initializer: a worker whose parent was killed (SIGKILL) exits too."""
+    """Worker initializer: a worker whose parent was killed (SIGKILL) exits too, before the
+    re-run starts on Linux (PR_SET_PDEATHSIG), else within a second; a worker that lives on
+    would write the clip the re-run is writing."""
+    import contextlib
+    import signal
+    import sys
     import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(AttributeError, OSError):  # the watcher below still works
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -29,12 +29,8 @@ BOX_COLUMNS = ("frame", "x", "y", "w", "h", "source")
 
 
 def temp_path_for(path: Path) -> Path:
-    """Hidden sibling of ``path`` that keeps its extension, so the container is the same.
-
-    The name holds the writer's pid: a worker orphaned by a killed run may still write the
-    clip that the re-run is writing, and neither may publish the other's half-written file.
-    """
-    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    """Hidden sibling of ``path`` that keeps its extension, so the container is the same."""
+    return path.with_name(f".{path.stem}.tmp{path.suffix}")
 
 
 class ClipWriter:
@@ -77,7 +73,7 @@ class ClipWriter:
         self._encoder_error: cv2.error | None = None
 
     def __enter__(self):
-        self._temp.unlink(missing_ok=True)  # a killed run whose pid was reused
+        self._temp.unlink(missing_ok=True)  # left by a killed run
         fourcc = cv2.VideoWriter_fourcc(*CODECS[self.codec])
         writer = cv2.VideoWriter(
             str(self._temp), fourcc, self.fps, (self.size, self.size), isColor=self.color
