@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import os
 import queue
 import threading
@@ -21,7 +22,7 @@ import cv2
 import numpy as np
 
 from fercli.errors import ArtifactError, ConfigError, FerError
-from fercli.workspace import disk_full
+from fercli.workspace import atomic_write_text, disk_full
 
 CODECS = {"ffv1": "FFV1", "huffyuv": "HFYU"}
 GRAY_EXACT_CODECS = {"ffv1"}
@@ -161,13 +162,8 @@ def read_clip(path: str | Path, color: bool = True) -> np.ndarray:
 
 def write_boxes_csv(path: str | Path, rows: Iterable[tuple]) -> None:
     """Write per-frame boxes (frame, x, y, w, h, source) atomically, one row per frame."""
-    path = Path(path)
-    temp = temp_path_for(path)
-    try:
-        with temp.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(BOX_COLUMNS)
-            writer.writerows(rows)
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(BOX_COLUMNS)
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
