@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 FER := $(BIN)/fer
 
 
-.PHONY: setup demo test test-fast bench lint clean sample-data docs
+.PHONY: setup demo test test-fast bench lint clean sample-data docs realdata accuracy
 
 setup: $(STAMP)
 
@@ -29,6 +29,13 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py --memory
+
+# Real faces (FER_DATA = the development copies of ../shared/DATA.md; skipped when unset).
+realdata: $(STAMP)
+	$(BIN)/python scripts/realdata.py
+
+accuracy: $(STAMP)
+	$(BIN)/python scripts/accuracy.py ckplus48 jaffe
 
 lint: $(STAMP)
 	$(BIN)/ruff check fercli tests scripts

@@ -155,6 +155,14 @@ DEFAULT_OFFLINE: list[str] = ["flip", "blur", "bright50", "bright20", "contrast2
 """The nine methods of thesis 3.2.4 (ten times the training data with the originals)."""
 
 
+def sequence_seed(seed: int, item_id: str, method: str) -> int:
+    """The seed of one augmented copy: the same transform whenever it is redone (augment
+    writes the clip, extract redoes it on the clip's neutral onset for its baseline)."""
+    from .config import params_hash
+
+    return int(params_hash([seed, item_id, method]), 16) % 2**31
+
+
 def offline_method(name: str) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:
     """The registered method ``name``; a ConfigError names the choices otherwise."""
     try:

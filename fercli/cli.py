@@ -22,7 +22,6 @@ from .engine import (
     StageResult,
     parse_shard,
     raise_if_failed,
-    run_stage,
     stage_states,
     summary_table,
 )
@@ -85,11 +84,10 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 
 def _run(stage_name: str, config, force: bool = False, shard: Optional[str] = None,
          workers: Optional[int] = None, only: Optional[list[str]] = None) -> StageResult:
-    stage = PIPELINE[stage_name]
-    if workers is None:
-        workers = (os.cpu_count() or 1) if stage.cpu_parallel else 1
-    result = run_stage(stage, config, PIPELINE, force=force,
-                       shard=parse_shard(shard), workers=workers, only=only, console=console)
+    from . import api
+
+    result = api.run_stage(stage_name, config, force=force, shard=parse_shard(shard),
+                           workers=workers, only=only, console=console)
     if not result.skipped:
         console.print(summary_table(result))
     return result
@@ -170,7 +168,7 @@ def run_pipeline(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] =
                  until: Optional[str] = typer.Option(None, "--until", help="Last stage to "
                                                      "run."),
                  workers: Optional[int] = WorkersOpt):
-    """Run every implemented stage in order, skipping what is up to date."""
+    """Run every stage in order, skipping what is up to date, then write the report."""
     cfg = load_config(config, set_)
     if until is not None and until not in PIPELINE:
         raise FerError(f"--until {until!r} is not a stage; choose one of: "
@@ -185,6 +183,11 @@ def run_pipeline(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] =
             failed.append(f"{name} ({result.n_failed})")
         if name == until:
             break
+    else:  # the whole pipeline ran: the report closes it
+        from .report import write_report
+
+        html_path, _, n_images = write_report(cfg.workdir, cfg.workdir / "report")
+        console.print(f"report: {html_path} ({n_images} figures)")
     _print_status(cfg)
     if failed:
         raise ItemsFailedError(f"items failed in: {', '.join(failed)}",
@@ -379,13 +382,17 @@ def config_reference():
 def sample_data(out_dir: Path = typer.Argument(..., help="Folder to write the videos to."),
                 subjects: int = typer.Option(8, "--subjects", help="Number of subjects."),
                 seed: int = typer.Option(0, "--seed", help="Random seed."),
-                force: bool = typer.Option(False, "--force", help="Overwrite existing.")):
+                force: bool = typer.Option(False, "--force", help="Overwrite existing."),
+                shape: str = typer.Option("onset-apex-offset", "--shape",
+                                          help="Expression course: onset-apex-offset "
+                                               "(BU-4DFE-like) or onset-apex (CK+-like, ends "
+                                               "at the apex).")):
     """Generate the synthetic labelled sample dataset (deterministic)."""
     from .sampledata import generate_sample_data
 
     if out_dir.exists() and any(out_dir.glob("*.avi")) and not force:
         raise FerError("already holds videos", path=out_dir, hint="Use --force to regenerate")
-    paths = generate_sample_data(out_dir, n_subjects=subjects, seed=seed)
+    paths = generate_sample_data(out_dir, n_subjects=subjects, seed=seed, shape=shape)
     out.print(f"wrote {len(paths)} videos to {out_dir}")
 
 

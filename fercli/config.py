@@ -21,6 +21,10 @@ from .errors import ConfigError
 DEFAULT_CONFIG_FILE = "fer.yaml"
 
 THESIS_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise"]
+# Adam learning rate when train.learning_rate is null: the thesis's 1e-4 (3.2.3) for its
+# models; the pooled head has few weights and converges in tens of epochs at 1e-3.
+THESIS_LEARNING_RATE = 1e-4
+MODEL_LEARNING_RATES = {"pooled": 1e-3}
 
 # Synonyms seen in BU-4DFE, CK+, FER2013 and folder-per-label redistributions.
 DEFAULT_SYNONYMS = {
@@ -71,10 +75,21 @@ GLOBAL_SCHEMA: dict[str, Param] = {
 SCHEMA: dict[str, dict[str, Param]] = {
     "index": {
         "root": _p(None, str, "Dataset folder (videos or frame-sequence folders).", nullable=True),
-        "preset": _p("bu4dfe", str, "How subject and label are read from each path.",
-                     choices=("bu4dfe", "folder-per-label", "ckplus", "regex", "csv")),
-        "pattern": _p(None, str, "Regex over the relative path with named groups "
-                      "`subject` and `label` (preset `regex`).", nullable=True),
+        "preset": _p("bu4dfe", str, "How subject and label are read from each path "
+                     "(ckplus48: `<emotion>/Sxxx_yyy_NN.png`, frames grouped per Sxxx_yyy).",
+                     choices=("bu4dfe", "folder-per-label", "ckplus", "regex", "csv",
+                              "ckplus48")),
+        "pattern": _p(None, str, "Regex over the relative path with named groups `label` "
+                      "and `subject` (preset `regex`); without `subject` each item is its "
+                      "own subject. A grouped sequence is matched as `<folder>/<sequence>`.",
+                      nullable=True),
+        "group": _p(None, str, "Regex over image file names with a named group `sequence` "
+                    "(optional `frame`): the images of one folder that share `sequence` are "
+                    "one item, in frame order (preset ckplus48 sets it).", nullable=True),
+        "stills": _p("auto", (bool, str), "Image files as one-frame items: true, false (a "
+                     "folder of images is one sequence) or auto (a folder whose path does not "
+                     "match the pattern gives an item per matching image).",
+                     choices=(True, False, "auto")),
         "csv": _p(None, str, "CSV with columns path,subject,label (preset `csv`); "
                   "paths relative to `root`.", nullable=True),
         "classes": _p(list(THESIS_CLASSES), list, "Class list, in output order "
@@ -90,8 +105,13 @@ SCHEMA: dict[str, dict[str, Param]] = {
     },
     "split": {
         "folds": _p(5, int, "Number of cross-validation folds (thesis 3.2.2: k=5).", min=2),
-        "test_fraction": _p(0.2, float, "Share of subjects held out as the test set "
-                            "(thesis Figure 3.6: 20 of 100).", min=0.0, max=0.9),
+        "method": _p("subject", str, "subject: subject-independent test set and folds "
+                     "(thesis 3.2.2); stratified: items dealt per class, each class's share "
+                     "equal in every part (seed 003 sec. 2.1, for stills; NOT "
+                     "subject-independent).", choices=("subject", "stratified")),
+        "test_fraction": _p(0.2, float, "Share of subjects (method stratified: of each "
+                            "class's items) held out as the test set (thesis Figure 3.6: "
+                            "20 of 100).", min=0.0, max=0.9),
         "test_subjects": _p(None, list, "Explicit test subjects (overrides test_fraction).",
                             nullable=True, item_types=(str,)),
         "fold_subjects": _p(None, list, "Explicit folds: a list of subject lists "
@@ -99,8 +119,9 @@ SCHEMA: dict[str, dict[str, Param]] = {
         "seed": _p(None, int, "Split seed; null uses the global seed.", nullable=True),
     },
     "detect": {
-        "detector": _p("haar", str, "Face detector (thesis 3.2.1: Haar cascade).",
-                       choices=("haar", "yunet")),
+        "detector": _p("haar", str, "Face detector (thesis 3.2.1: Haar cascade); none: "
+                       "the frames are already face crops (CK+48), taken whole.",
+                       choices=("haar", "yunet", "none")),
         "scale_factor": _p(1.1, float, "Haar scaleFactor (paper 000 sec. 2.2).", min=1.01),
         "min_neighbors": _p(10, int, "Haar minNeighbors (paper 000 sec. 2.2).", min=0),
         "min_size": _p(30, int, "Smallest face side in pixels (paper 000: 30x30).", min=1),
@@ -121,6 +142,9 @@ SCHEMA: dict[str, dict[str, Param]] = {
                     "huffyuv (.avi, colour only, as in paper 000).", choices=("ffv1", "huffyuv")),
         "redetect_tries": _p(3, int, "Frames in which to re-detect a lost face before the "
                              "item fails.", min=0),
+        "smooth": _p(0.7, (int, float), "One-euro smoothing of the face box: weight the "
+                     "previous box keeps while the face is still (0 = off); it opens up as "
+                     "the head moves.", min=0, max=0.99),
     },
     "trim": {
         "score": _p("motion", str, "Per-frame expression score: motion (from the clip) or "
@@ -132,6 +156,10 @@ SCHEMA: dict[str, dict[str, Param]] = {
                               "maximum (Algorithm 1).", min=0, max=1),
         "max_cut_ratio": _p(0.5, float, "Never cut more than this share of the frames "
                             "(Algorithm 1).", min=0, max=1),
+        "shape": _p("auto", str, "Expression course of the clips: onset-apex-offset (BU-4DFE: "
+                    "Algorithm 1), onset-apex (CK+: only the neutral onset is cut) or auto "
+                    "(per clip: onset-apex when the last frames are still expressive).",
+                    choices=("auto", "onset-apex-offset", "onset-apex")),
         "anomaly_last_frames": _p(20, int, "Maximum in the last N frames: mark 'anomaly', "
                                   "keep whole (thesis 3.2.1; 0 turns the rule off).", min=0),
         "overrides": _p(None, str, "CSV (item_id,first,last) or YAML of manual trims "
@@ -163,17 +191,25 @@ SCHEMA: dict[str, dict[str, Param]] = {
         "augmented": _p(True, bool, "Also extract the offline-augmented clips."),
     },
     "train": {
-        "model": _p("cnn1d", str, "Temporal model on features (lstm, bilstm, cnn1d: the "
-                    "thesis's best) or raw-clip model (lrcn, c3d, convlstm).",
-                    choices=("lstm", "bilstm", "cnn1d", "lrcn", "c3d", "convlstm")),
+        "model": _p("pooled", str, "Model on features (pooled: masked pooling + small "
+                    "head, best on small real datasets; lstm, bilstm, cnn1d: the thesis's "
+                    "temporal models) or raw-clip model (lrcn, c3d, convlstm).",
+                    choices=("pooled", "lstm", "bilstm", "cnn1d", "lrcn", "c3d", "convlstm")),
+        "identity": _p("auto", str, "Identity normalisation: `onset` feeds the model each "
+                       "frame's change from the clip's neutral onset (its first frames) too; "
+                       "`none` does not; `auto`: onset when most clips have a neutral onset "
+                       "(not for stills or apex-only crops).",
+                       choices=("auto", "onset", "none")),
+        "class_weight": _p("balanced", str, "Loss weights per class: balanced (n / (k x "
+                           "n_class), seed 002) or none.", choices=("balanced", "none")),
         "model_params": _p({}, dict, "Hyperparameters over the model's defaults: layers, "
                            "units, filters, kernel_size, dropout, recurrent_dropout, l2, "
                            "batch_norm, activation, initializer, dense_units."),
         "epochs": _p(30, int, "Fixed epochs per fold, no early stopping (thesis 3.2.3).",
                      min=1),
         "batch_size": _p(16, int, "Batch size per device.", min=1),
-        "learning_rate": _p(1e-4, float, "Adam learning rate (thesis 3.2.3: 0.0001).",
-                            min=0),
+        "learning_rate": _p(None, float, "Adam learning rate; null: the model's own "
+                            "(thesis 3.2.3: 0.0001; pooled: 0.001).", nullable=True, min=0),
         "augmented": _p(True, bool, "Train on the training folds' offline-augmented rows "
                         "too."),
         "online_augment": _p(False, bool, "Clip models: random per-sequence transform each "
@@ -322,9 +358,23 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return dotted.strip().split("."), value
 
 
+# Defaults that follow from the dataset layout, used unless the file or --set gives the key:
+# CK+ sequences end at the apex (DATA.md), and CK+48 holds face crops already.
+PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ckplus": {"trim.shape": "onset-apex"},
+    "ckplus48": {"trim.shape": "onset-apex", "detect.detector": "none"},
+}
+
+
+def _given_keys(update: dict) -> set[str]:
+    return {f"{section}.{key}" for section, values in update.items()
+            if isinstance(values, dict) for key in values}
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Resolve defaults < file < overrides and validate every key."""
+    """Resolve defaults < preset defaults < file < overrides and validate every key."""
     data = defaults()
+    given: set[str] = set()
     config_path: Path | None = None
     if path is not None or Path(DEFAULT_CONFIG_FILE).exists():
         config_path = Path(path if path is not None else DEFAULT_CONFIG_FILE).resolve()
@@ -345,6 +395,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             _merge(data, loaded)
         except ConfigError as exc:
             raise ConfigError(str(exc), path=config_path) from None
+        given |= _given_keys(loaded)
     for text in overrides or []:
         keys, value = parse_override(text)
         nested: Any = value
@@ -354,6 +405,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             _merge(data, nested)
         except ConfigError as exc:
             raise ConfigError(str(exc), path=f"--set {text}") from None
+        given |= _given_keys(nested)
+    for dotted, value in PRESET_DEFAULTS.get(data["index"]["preset"], {}).items():
+        if dotted not in given:
+            section, key = dotted.split(".")
+            data[section][key] = value
     return Config(data=data, path=config_path, overrides=list(overrides or []))
 
 

@@ -42,8 +42,10 @@ def _batched(dataset: tf.data.Dataset, size: int, batch_size: int) -> tf.data.Da
 
 
 def feature_dataset(store_path: str | Path, rows: np.ndarray, max_frames: int,
-                    batch_size: int, shuffle: bool, seed: int = 0) -> tf.data.Dataset:
-    """Batches of ({"features": (B, T, F) float32, "mask": (B, T) 0/1}, onehot (B, C)).
+                    batch_size: int, shuffle: bool, seed: int = 0,
+                    baseline: bool = False) -> tf.data.Dataset:
+    """Batches of ({"features": (B, T, F) float32, "mask": (B, T) 0/1}, onehot (B, C)),
+    plus "baseline" (B, F), each row's neutral-onset features, when ``baseline``.
 
     The store is opened inside the generator, once per epoch, and read one row at a
     time; fewer rows than ``batch_size`` give one short batch.
@@ -65,12 +67,16 @@ def feature_dataset(store_path: str | Path, rows: np.ndarray, max_frames: int,
         with FeatureStore(store_path) as epoch_store:
             for row in order:
                 features, mask = epoch_store.sequence(int(row), max_frames)
-                yield ({"features": features, "mask": mask.astype(np.float32)},
-                       epoch_store.onehot[row].astype(np.float32))
+                inputs = {"features": features, "mask": mask.astype(np.float32)}
+                if baseline:
+                    inputs["baseline"] = epoch_store.baselines[row].astype(np.float32)
+                yield inputs, epoch_store.onehot[row].astype(np.float32)
 
-    signature = ({"features": tf.TensorSpec((max_frames, feature_dim), tf.float32),
-                  "mask": tf.TensorSpec((max_frames,), tf.float32)},
-                 tf.TensorSpec((n_classes,), tf.float32))
+    inputs = {"features": tf.TensorSpec((max_frames, feature_dim), tf.float32),
+              "mask": tf.TensorSpec((max_frames,), tf.float32)}
+    if baseline:
+        inputs["baseline"] = tf.TensorSpec((feature_dim,), tf.float32)
+    signature = (inputs, tf.TensorSpec((n_classes,), tf.float32))
     dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
     return _batched(dataset, len(rows), batch_size)
 

@@ -143,6 +143,14 @@ def save_probabilities(p: Probabilities, path: str | Path, classes: Sequence[str
 
 
 # --------------------------------------------------------------------------- model metrics
+def unweighted_average_recall(y_true, y_pred, n_classes: int) -> float:
+    """Mean recall over the classes present in ``y_true`` (UAR = balanced accuracy)."""
+    y_true, y_pred = np.asarray(y_true, int), np.asarray(y_pred, int)
+    recalls = [float(np.mean(y_pred[y_true == c] == c)) for c in range(n_classes)
+               if np.any(y_true == c)]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
 def evaluate(p: Probabilities, classes: Sequence[str]) -> dict[str, Any]:
     """Every model metric of thesis 3.3.2 as plain JSON-ready Python values.
 

@@ -9,15 +9,21 @@ OpenCV (`fer live` runs them in front of the exported graph).
 
 The graph reads what the track stage cuts out of a video: ``clip`` (B, T, S, S, C) uint8,
 T = the run's max_frames, S = track.size, C = 3 (BGR, OpenCV's order) or 1 (gray runs),
-zeros after the last real frame, and ``mask`` (B, T) float32, 1.0 on real frames. It
-returns ``probabilities`` (B, classes). Inside, the preprocessing `fer predict` applies is
-replayed in the graph:
+zeros after the last real frame, and ``mask`` (B, T) float32, 1.0 on real frames. A run
+with identity normalisation (model.json ``identity``, see fercli.identity) reads a third
+input, ``onset`` (B, N, S, S, C) uint8, N = ``identity.BASELINE_FRAMES``: the face crops of
+the first face frames of the video (its neutral onset; `fer predict`'s rule), zeros where
+there are fewer. It returns ``probabilities`` (B, classes). Inside, the preprocessing
+`fer predict` applies is replayed in the graph:
 
 - feature runs (model.json names a backbone): each frame converted as
   ``BackboneSpec.preprocess`` does (gray conversion, resize to the backbone's input,
   BGR->RGB, the backbone's normalisation), the backbone applied to all frames at once
   (frames folded into the batch), the features rounded through extract.dtype as the
-  feature store held them, padded steps zeroed, then the temporal model;
+  feature store held them, padded steps zeroed, then the temporal model; identity runs
+  pass the onset crops through the same conversion and backbone (one call on onset and
+  clip frames together) and feed the mean of their features, over the non-zero crops, as
+  the baseline;
 - clip runs: resize to clip_size, BGR->RGB, /255 (``fercli.datasets.load_clip``), then
   the model.
 
@@ -51,6 +57,7 @@ import cv2
 import numpy as np
 
 from .errors import ArtifactError, ConfigError, InputError, MissingUpstreamError
+from .identity import BASELINE_FRAMES
 from .workspace import atomic_path, atomic_write_json, atomic_write_text, file_sha256, read_json
 
 FORMATS = ("savedmodel", "tflite")
@@ -61,6 +68,11 @@ TABLE_COLUMNS = ("artifact", "size", "ms/clip", "agreement", "accuracy", "change
 
 
 # --------------------------------------------------------------------------- runs
+def uses_onset(run) -> bool:
+    """True for runs with identity normalisation: their graph reads the ``onset`` crops."""
+    return bool(run.info.get("identity")) and not run.is_clip
+
+
 def resolve_run(run: str | Path | None, workdir: Path) -> Path:
     """A run folder from a name under <workdir>/finalize/runs, a folder, or None (newest)."""
     runs_root = Path(workdir) / "finalize" / "runs"
@@ -191,7 +203,23 @@ def _layers() -> dict[str, type]:
             inner = self.inner.compute_output_shape((None, *input_shape[2:]))
             return (*input_shape[:2], *inner[1:])
 
-    _LAYERS.update(FacePixels=FacePixels, Framewise=Framewise)
+    class OnsetBaseline(keras.layers.Layer):
+        """Mean features of the onset crops that are there: (B, N, F) features and the
+        (B, N, S, S, C) uint8 crops -> (B, F); an all-zero crop is padding (fewer face
+        frames than N), as ``identity.onset_baseline`` averages the frames it has."""
+
+        def call(self, features, onset):
+            flat = ops.reshape(ops.cast(onset, "float32"),
+                               (-1, onset.shape[1], int(np.prod(onset.shape[2:]))))
+            present = ops.cast(ops.greater(ops.max(flat, axis=-1), 0.0), "float32")  # (B, N)
+            total = ops.sum(features * ops.expand_dims(present, -1), axis=1)
+            count = ops.maximum(ops.sum(present, axis=1, keepdims=True), 1.0)
+            return total / count
+
+        def compute_output_shape(self, features_shape, onset_shape=None):
+            return (features_shape[0], features_shape[2])
+
+    _LAYERS.update(FacePixels=FacePixels, Framewise=Framewise, OnsetBaseline=OnsetBaseline)
     return _LAYERS
 
 
@@ -226,7 +254,8 @@ def inference_copy(model, unroll: bool):
 
 
 def build_inference_model(run, unroll: bool = True, extractor=None):
-    """One Keras model: {"clip": uint8 crops, "mask": float} -> class probabilities.
+    """One Keras model: {"clip": uint8 crops, "mask": float} -> class probabilities, plus
+    {"onset": uint8 crops} for identity runs (``uses_onset``; see the module doc).
 
     ``run`` is a `fercli.predict.FinalizedRun`; ``extractor`` (feature runs) its backbone,
     built as `fer predict` builds it when not given.
@@ -248,7 +277,15 @@ def build_inference_model(run, unroll: bool = True, extractor=None):
     clip = keras.Input((steps, plan.size, plan.size, plan.channels_in), dtype="uint8",
                        name="clip")
     mask = keras.Input((steps,), dtype="float32", name="mask")
-    pixels = layers["FacePixels"](plan, name="face_pixels")(clip)
+    inputs = {"clip": clip, "mask": mask}
+    frames = clip
+    if uses_onset(run):  # onset frames first, through the same pixels and backbone
+        inputs["onset"] = keras.Input((BASELINE_FRAMES, plan.size, plan.size,
+                                       plan.channels_in), dtype="uint8", name="onset")
+        # joined as float: TFLite's int8 graphs abort on a concatenation of raw uint8 inputs
+        frames = ops.concatenate([ops.cast(inputs["onset"], "float32"),
+                                  ops.cast(clip, "float32")], axis=1)
+    pixels = layers["FacePixels"](plan, name="face_pixels")(frames)
     real = ops.greater(mask, 0.5)
     if run.is_clip:
         probabilities = temporal({"clip": pixels, "mask": real})
@@ -257,21 +294,39 @@ def build_inference_model(run, unroll: bool = True, extractor=None):
         dtype = run.info["backbone"].get("dtype", "float32")
         if dtype != "float32":  # the precision the feature store kept
             features = ops.cast(ops.cast(features, dtype), "float32")
-        features = features * ops.expand_dims(mask, -1)  # padding reads as zeros
-        probabilities = temporal({"features": features, "mask": real})
-    return keras.Model({"clip": clip, "mask": mask}, probabilities, name=f"{run.name}-export")
+        model_inputs = {"mask": real}
+        if "onset" in inputs:  # fer predict: the mean of the onset's rounded features
+            model_inputs["baseline"] = layers["OnsetBaseline"](name="onset_baseline")(
+                features[:, :BASELINE_FRAMES], inputs["onset"])
+            features = features[:, BASELINE_FRAMES:]
+        model_inputs["features"] = features * ops.expand_dims(mask, -1)  # padding: zeros
+        probabilities = temporal(model_inputs)
+    return keras.Model(inputs, probabilities, name=f"{run.name}-export")
+
+
+def graph_inputs(model) -> list[str]:
+    """The export graph's input names: clip, mask (and onset for identity runs)."""
+    names = {layer.name for layer in model.layers}
+    return [name for name in ("clip", "mask", "onset") if name in names]
 
 
 def write_savedmodel(model, folder: Path, batch: int | None = None) -> Path:
-    """SavedModel with endpoint ``serve`` (and ``serving_default``): clip, mask -> probs."""
+    """SavedModel with endpoint ``serve`` (and ``serving_default``): clip, mask (and onset)
+    -> probabilities."""
     import keras
 
-    specs = {"clip": _spec(model, "clip", batch), "mask": _spec(model, "mask", batch)}
+    names = graph_inputs(model)
+    if "onset" in names:
+        def serve(clip, mask, onset):
+            return {"probabilities": model({"clip": clip, "mask": mask, "onset": onset},
+                                           training=False)}
+    else:
+        def serve(clip, mask):
+            return {"probabilities": model({"clip": clip, "mask": mask}, training=False)}
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(SIGNATURE, lambda clip, mask: {
-        "probabilities": model({"clip": clip, "mask": mask}, training=False)},
-        input_signature=[specs["clip"], specs["mask"]])
+    archive.add_endpoint(SIGNATURE, serve,
+                         input_signature=[_spec(model, name, batch) for name in names])
     folder = Path(folder)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
@@ -296,7 +351,8 @@ def convert_tflite(model, quantize: str,
     """TFLite flat buffer of ``model`` at batch 1; returns (bytes, needed TF fallback ops).
 
     ``float16`` stores weights as float16; ``int8`` quantizes weights and activations
-    with ranges measured on ``calibration`` (dicts of clip and mask), leaving an op in
+    with ranges measured on ``calibration`` (dicts of clip, mask and, for identity runs,
+    onset: ``calibration_data``), leaving an op in
     float where TFLite has no int8 kernel for it.
     """
     import tensorflow as tf
@@ -343,32 +399,47 @@ class ExportedModel:
         if self.path.suffix == ".tflite":
             interpreter = _tflite_interpreter(self.path, threads or os.cpu_count() or 1)
             self._runner = interpreter.get_signature_runner(SIGNATURE)
-            details = self._runner.get_input_details()
-            self.clip_shape = tuple(int(d) for d in details["clip"]["shape"])
+            shapes = {name: tuple(int(d) for d in detail["shape"])
+                      for name, detail in self._runner.get_input_details().items()}
             self.kind = "tflite"
         elif (self.path / "saved_model.pb").is_file():
             import tensorflow as tf
 
             self._function = tf.saved_model.load(str(self.path)).signatures[SIGNATURE]
-            spec = self._function.structured_input_signature[1]["clip"]
-            self.clip_shape = tuple(spec.shape)
+            shapes = {name: tuple(spec.shape) for name, spec
+                      in self._function.structured_input_signature[1].items()}
             self.kind = "savedmodel"
         else:
             raise ConfigError(f"{self.path} is neither a .tflite file nor a SavedModel folder",
                               hint="Give a file or folder written by `fer export`")
+        self.clip_shape = shapes["clip"]
+        self.onset_shape = shapes.get("onset")  # identity runs only
 
     @property
     def max_frames(self) -> int:
         return int(self.clip_shape[1])
 
-    def predict(self, clip: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """(B, T, S, S, C) uint8 crops and (B, T) mask -> (B, classes) probabilities."""
-        clip = np.ascontiguousarray(clip, np.uint8)
-        mask = np.ascontiguousarray(mask, np.float32)
+    @property
+    def needs_onset(self) -> bool:
+        return self.onset_shape is not None
+
+    def predict(self, clip: np.ndarray, mask: np.ndarray,
+                onset: np.ndarray | None = None) -> np.ndarray:
+        """(B, T, S, S, C) uint8 crops and (B, T) mask (and, for a graph of an identity run,
+        (B, N, S, S, C) uint8 onset crops, ``pad_onset``) -> (B, classes) probabilities.
+        A graph without an onset input ignores ``onset``."""
+        inputs = {"clip": np.ascontiguousarray(clip, np.uint8),
+                  "mask": np.ascontiguousarray(mask, np.float32)}
+        if self.needs_onset:
+            if onset is None:
+                raise InputError(f"{self.path.name} is the graph of an identity-normalised "
+                                 "run and needs the onset crops",
+                                 hint="Pass the first face crops of the video (pad_onset)")
+            inputs["onset"] = np.ascontiguousarray(onset, np.uint8)
         if self.kind == "tflite":  # the flat buffer is fixed at batch 1
-            return np.concatenate([self._runner(clip=clip[i:i + 1], mask=mask[i:i + 1])
-                                   ["probabilities"] for i in range(len(clip))])
-        return self._function(clip=clip, mask=mask)["probabilities"].numpy()
+            return np.concatenate([self._runner(**{k: v[i:i + 1] for k, v in inputs.items()})
+                                   ["probabilities"] for i in range(len(inputs["clip"]))])
+        return self._function(**inputs)["probabilities"].numpy()
 
 
 def _tflite_interpreter(path: Path, threads: int):
@@ -402,24 +473,39 @@ def pad_clip(crops: Sequence[np.ndarray], max_frames: int, size: int,
     return clip, mask
 
 
+def pad_onset(crops: Sequence[np.ndarray] | None, size: int, channels: int) -> np.ndarray:
+    """The first face crops of a video -> the (1, N, S, S, C) uint8 ``onset`` input,
+    N = BASELINE_FRAMES: the first N crops, zeros (no frame) after when there are fewer."""
+    onset = np.zeros((1, BASELINE_FRAMES, size, size, channels), np.uint8)
+    for i, crop in enumerate(list(crops if crops is not None else [])[:BASELINE_FRAMES]):
+        onset[0, i] = crop.reshape(size, size, channels)
+    return onset
+
+
 # --------------------------------------------------------------------------- data
 @dataclass
 class LabelledClip:
     item: str
     label: int  # index into the run's classes
     crops: np.ndarray  # (n, S, S, C) uint8 kept frames, n <= max_frames
+    # (m, S, S, C) uint8 first frames of the face clip, m <= BASELINE_FRAMES (identity runs)
+    onset: np.ndarray | None = None
 
 
 def run_clips(run, part: str, limit: int | None = None) -> list[LabelledClip]:
     """Kept face frames of the run's work directory: ``test`` items or training items.
 
     Read as `fer trim` kept them from the track stage's lossless clips, i.e. exactly the
-    frames the run was trained and tested on. Empty when the work directory is gone.
+    frames the run was trained and tested on; for identity runs also the clip's first
+    BASELINE_FRAMES frames, its onset (the frames `fer extract` and `fer predict` take the
+    baseline from). Empty when the work directory is gone.
     """
     import csv
     import io
+    from itertools import islice
 
     from .stages.augment import kept_frames
+    from .vision.clipio import iter_clip
 
     workdir = run_workdir(run.path)
     needed = [workdir / "split" / "splits.json", workdir / "trim" / "manifest.json",
@@ -447,19 +533,28 @@ def run_clips(run, part: str, limit: int | None = None) -> list[LabelledClip]:
             raise ArtifactError(f"face clips are {crops.shape[1]} px, the run was trained on "
                                 f"{track['size']} px", path=info["clip"],
                                 hint="Re-run `fer track` with the run's track.size")
+        onset = None
+        if uses_onset(run):
+            onset = np.stack(list(islice(iter_clip(info["clip"], track["color"]),
+                                         BASELINE_FRAMES)))
+            onset = onset.reshape(len(onset), *onset.shape[1:3], channels)
         clips.append(LabelledClip(item, run.classes.index(labels[item]),
-                                  crops.reshape(len(crops), *crops.shape[1:3], channels)))
+                                  crops.reshape(len(crops), *crops.shape[1:3], channels),
+                                  onset))
     return clips
 
 
 def calibration_data(run, clips: Sequence[LabelledClip]) -> Callable[[], Iterator[dict]]:
-    """int8 calibration samples: the given training clips, one per step."""
+    """int8 calibration samples: the given training clips (and their onsets), one per step."""
     size = int(run.config["track"]["size"])
 
     def samples() -> Iterator[dict]:
         for clip in clips:
             data, mask = pad_clip(clip.crops, run.max_frames, size, clip.crops.shape[-1])
-            yield {"clip": data, "mask": mask}
+            sample = {"clip": data, "mask": mask}
+            if uses_onset(run):
+                sample["onset"] = pad_onset(clip.onset, size, clip.crops.shape[-1])
+            yield sample
 
     return samples
 
@@ -473,13 +568,27 @@ class KerasPipeline:
 
         self.run = run
         self.encoder = ClipEncoder(run) if run.is_clip else FeatureEncoder(run)
+        self.needs_onset = uses_onset(run)
 
-    def predict(self, crops: np.ndarray) -> np.ndarray:
-        from .predict import model_inputs
+    def predict(self, crops: np.ndarray, onset: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities of the kept face crops; identity runs need ``onset``, the first
+        face crops of the video, whose baseline is `fer predict`'s (``with_baseline``)."""
+        from .predict import baseline_key, model_inputs, with_baseline
 
-        faces = [c[..., 0] if c.shape[-1] == 1 else c for c in crops[:self.run.max_frames]]
-        codes = self.encoder.encode(faces)
-        inputs = model_inputs(self.run, self.encoder, [codes], 1)
+        def faces(frames):
+            return [c[..., 0] if c.ndim == 3 and c.shape[-1] == 1 else c for c in frames]
+
+        codes = self.encoder.encode(faces(crops[:self.run.max_frames]))
+        baselines = None
+        if self.needs_onset:
+            if onset is None or not len(onset):
+                raise InputError(f"run {self.run.name} normalises identity and needs the "
+                                 "onset crops (the video's first face frames)")
+            key = self.run.encoder_key()
+            coded = with_baseline({key: codes}, {key: self.encoder.encode(
+                faces(onset[:BASELINE_FRAMES]))})
+            baselines = [coded[baseline_key(key)]]
+        inputs = model_inputs(self.run, self.encoder, [codes], 1, baselines)
         return np.asarray(self.run.model.predict_on_batch(inputs))[0]
 
     def size_bytes(self) -> int:
@@ -594,17 +703,19 @@ def export_run(run_dir: Path, out_dir: Path | None = None,
                            "seconds": round(time.perf_counter() - started, 1)}
     summary = _merge(out_dir / "export.json", source_sha, artifacts)
     track = run.config["track"]
+    crop = [track["size"], track["size"], 3 if track["color"] else 1]
     summary.update({
         "run": run.name, "run_path": str(run.path.resolve()), "folder": str(out_dir),
         "model": run.info.get("model"),
         "source_sha256": source_sha, "classes": run.classes, "max_frames": run.max_frames,
-        "input": {"clip": [run.max_frames, track["size"], track["size"],
-                           3 if track["color"] else 1],
+        "input": {"clip": [run.max_frames, *crop],
                   "dtype": "uint8", "channels": "BGR" if track["color"] else "gray",
                   "mask": [run.max_frames], "signature": SIGNATURE,
                   "output": "probabilities"},
         "config": {key: run.config[key] for key in ("detect", "track", "trim", "index")},
     })
+    if uses_onset(run):  # the first face crops of the video: the identity baseline
+        summary["input"]["onset"] = [BASELINE_FRAMES, *crop]
     if check:
         clips = run_clips(run, "test")
         if clips:
@@ -647,7 +758,8 @@ def _check(run, pipeline: KerasPipeline, clips: Sequence[LabelledClip], out_dir:
     labels = np.array([c.label for c in clips])
     size = int(run.config["track"]["size"])
     say(f"export: checking against the Keras pipeline on {len(clips)} test clips ...")
-    reference, reference_ms = check_artifact(lambda c: pipeline.predict(c.crops), clips)
+    reference, reference_ms = check_artifact(lambda c: pipeline.predict(c.crops, c.onset),
+                                             clips)
     summary["reference"] = {"name": "keras", "bytes": pipeline.size_bytes(),
                             "ms_per_clip": round(reference_ms, 2),
                             "accuracy": float(np.mean(reference.argmax(1) == labels))}
@@ -656,7 +768,9 @@ def _check(run, pipeline: KerasPipeline, clips: Sequence[LabelledClip], out_dir:
 
         def predict(clip: LabelledClip, model=model) -> np.ndarray:
             data, mask = pad_clip(clip.crops, run.max_frames, size, clip.crops.shape[-1])
-            return model.predict(data, mask)[0]
+            onset = pad_onset(clip.onset, size, clip.crops.shape[-1]) \
+                if model.needs_onset else None
+            return model.predict(data, mask, onset)[0]
 
         probabilities, ms = check_artifact(predict, clips)
         entry.update(agreement_row(probabilities, reference, labels),
@@ -691,7 +805,10 @@ def markdown_table(summary: dict) -> str:
     check = summary.get("check", {})
     lines = [f"# Export of {summary['run']}", "",
              f"Input: clip {summary['input']['clip']} {summary['input']['dtype']} "
-             f"({summary['input']['channels']}) + mask {summary['input']['mask']}; output: "
+             f"({summary['input']['channels']}) + mask {summary['input']['mask']}"
+             + (f" + onset {summary['input']['onset']} {summary['input']['dtype']} (the "
+                "first face crops: identity baseline)" if "onset" in summary["input"]
+                else "") + "; output: "
              f"{len(summary['classes'])} class probabilities ({', '.join(summary['classes'])}).",
              "", f"Checked on {check.get('clips', 0)} test clips against the Keras pipeline "
              f"(agreement: share of identical argmax; ms per clip at batch 1, "

@@ -3,7 +3,8 @@
 One file holds every sequence (original and augmented rows) as a flat ``frames`` array
 (total_frames x feature_dim, chunked, lzf-compressed) plus ``offsets``; per-row metadata
 (``names``, ``items``, ``subjects``, ``labels`` one-hot in classes.json order, ``augment``
-method, split ``part``) is small and read whole. A sequence is padded or truncated to
+method, split ``part``, the neutral-onset ``baselines`` and ``onsets``, see
+fercli.identity) is small and read whole. A sequence is padded or truncated to
 ``max_frames`` on read, with a mask marking its real frames, so nothing ever loads the
 whole dataset into memory. The thesis's per-fold files (``fold-<i>-features-<n>.h5``) are
 views of this store: `export_fold` writes one.
@@ -19,7 +20,7 @@ import numpy as np
 from .errors import ArtifactError
 from .workspace import atomic_path
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: baselines and onsets
 _STR = h5py.string_dtype("utf-8")
 META_FIELDS = ("names", "items", "subjects", "augment", "parts")
 
@@ -50,6 +51,8 @@ class FeatureStoreWriter:
         self.chunk_rows = chunk_rows or int(np.clip((1 << 20) // max(row_bytes, 1), 8, 256))
         self.rows: list[Row] = []
         self.offsets = [0]
+        self.baselines: list[np.ndarray] = []
+        self.onsets: list[int] = []
 
     def __enter__(self) -> "FeatureStoreWriter":
         self._atomic = atomic_path(self.path)
@@ -60,10 +63,17 @@ class FeatureStoreWriter:
             dtype=self.dtype, chunks=(self.chunk_rows, self.feature_dim), compression="lzf")
         return self
 
-    def add(self, row: Row, frames: np.ndarray) -> None:
+    def add(self, row: Row, frames: np.ndarray, baseline: np.ndarray | None = None,
+            onset: int = 0) -> None:
+        """One sequence: (T, F) features, its (F,) neutral baseline (default: its first
+        frame's features) and ``onset``, the frames trim cut before the kept ones."""
         if frames.ndim != 2 or frames.shape[1] != self.feature_dim:
             raise ValueError(f"{row.name}: features of shape {frames.shape}, expected "
                              f"(T, {self.feature_dim})")
+        if baseline is None:
+            baseline = frames[0] if len(frames) else np.zeros(self.feature_dim)
+        self.baselines.append(np.asarray(baseline, np.float32).reshape(self.feature_dim))
+        self.onsets.append(int(onset))
         start = self.offsets[-1]
         self._frames.resize(start + len(frames), axis=0)
         self._frames[start:] = frames.astype(self.dtype, copy=False)
@@ -84,6 +94,9 @@ class FeatureStoreWriter:
         labels = np.zeros((len(self.rows), len(self.classes)), np.uint8)
         labels[np.arange(len(self.rows)), [r.label for r in self.rows]] = 1
         f.create_dataset("labels", data=labels)
+        f.create_dataset("baselines", data=np.asarray(self.baselines, np.float32).reshape(
+            len(self.rows), self.feature_dim))
+        f.create_dataset("onsets", data=np.asarray(self.onsets, np.int64))
         for name, attr in zip(META_FIELDS, ("name", "item", "subject", "augment", "part")):
             f.create_dataset(name, data=[getattr(r, attr) for r in self.rows], dtype=_STR)
         f.attrs["version"] = STORE_VERSION
@@ -110,6 +123,10 @@ class FeatureStore:
             self.classes = [str(c) for c in f.attrs["classes"]]
             self.feature_dim = int(f["frames"].shape[1])
             self.attrs = dict(f.attrs)
+            # stores written before version 2 have no baselines: identity normalisation off
+            self.baselines = f["baselines"][:] if "baselines" in f else None
+            self.onsets = f["onsets"][:] if "onsets" in f else np.zeros(len(self.offsets) - 1,
+                                                                          np.int64)
         except (OSError, KeyError) as exc:
             raise ArtifactError(f"feature store is unreadable or truncated ({exc})",
                                 path=self.path,

@@ -7,6 +7,9 @@ last ``window`` seconds form the sequence the classifier reads, every ``stride``
 
 - a window with a face in fewer than half its frames gets no prediction (the rule of
   `fer predict --window`); its most recent ``max_frames`` faces are used when it holds more;
+- a run with identity normalisation (fercli.identity) also reads the neutral onset: the
+  first ``identity.BASELINE_FRAMES`` face crops of the source are kept for the whole run
+  (`fer predict`'s rule: the video's first face frames; fewer until that many were seen);
 - the classifier is an exported graph of `fer export` (TFLite preferred: the run's export
   folder is used when it matches model.keras) or else the run's Keras pipeline;
 - each prediction prints one line (time, label, every probability); ``--write`` saves the
@@ -29,7 +32,8 @@ import cv2
 import numpy as np
 
 from .errors import ConfigError, FerError, InputError
-from .export import ExportedModel, KerasPipeline, default_out_dir, pad_clip, resolve_run
+from .export import ExportedModel, KerasPipeline, default_out_dir, pad_clip, pad_onset, resolve_run
+from .identity import BASELINE_FRAMES
 from .workspace import atomic_path, file_sha256, read_json
 
 # Exported files in order of preference: TFLite float32 keeps the Keras scores, then the
@@ -50,10 +54,18 @@ class Classifier:
     classes: list[str]
     max_frames: int
     config: dict  # detect and track sections (the face path the model was trained on)
-    predict_crops: object = field(repr=False)  # list of (S, S, C) uint8 -> (classes,)
+    # (crops, onset): lists of (S, S, C) uint8 -> (classes,); onset is read by identity runs
+    predict_crops: object = field(repr=False)
+    needs_onset: bool = False  # identity normalisation: the first face crops are an input
 
-    def predict(self, crops: list[np.ndarray]) -> np.ndarray:
-        return np.asarray(self.predict_crops(crops[-self.max_frames:]), np.float64)
+    def predict(self, crops: list[np.ndarray],
+                onset: list[np.ndarray] | None = None) -> np.ndarray:
+        """Probabilities of the window's face crops; ``onset``: the first face crops of the
+        source (up to BASELINE_FRAMES), used by identity runs (default: the window's first)."""
+        if self.needs_onset and not onset:
+            onset = crops[:BASELINE_FRAMES]
+        return np.asarray(self.predict_crops(crops[-self.max_frames:],
+                                             list(onset or [])[:BASELINE_FRAMES]), np.float64)
 
 
 def exported_classifier(path: Path) -> Classifier:
@@ -73,12 +85,13 @@ def exported_classifier(path: Path) -> Classifier:
     size = int(summary["config"]["track"]["size"])
     channels = 3 if summary["config"]["track"]["color"] else 1
 
-    def predict(crops: list[np.ndarray]) -> np.ndarray:
+    def predict(crops: list[np.ndarray], onset: list[np.ndarray]) -> np.ndarray:
         clip, mask = pad_clip(crops, model.max_frames, size, channels)
-        return model.predict(clip, mask)[0]
+        return model.predict(clip, mask, pad_onset(onset, size, channels)
+                             if model.needs_onset else None)[0]
 
     return Classifier(summary["run"], model.kind, path, list(summary["classes"]),
-                      model.max_frames, summary["config"], predict)
+                      model.max_frames, summary["config"], predict, model.needs_onset)
 
 
 def keras_classifier(run_dir: Path) -> Classifier:
@@ -87,7 +100,9 @@ def keras_classifier(run_dir: Path) -> Classifier:
     run = load_run(run_dir)
     pipeline = KerasPipeline(run)
     return Classifier(run.name, "keras", run.path, run.classes, run.max_frames, run.config,
-                      lambda crops: pipeline.predict(np.stack(crops)))
+                      lambda crops, onset: pipeline.predict(
+                          np.stack(crops), np.stack(onset) if onset else None),
+                      pipeline.needs_onset)
 
 
 def load_classifier(workdir: Path, run: str | None = None,
@@ -141,7 +156,8 @@ def draw_overlay(frame: np.ndarray, box, probabilities: np.ndarray | None,
     """The frame with the face box, the current label and one bar per class."""
     out = frame.copy()
     font = cv2.FONT_HERSHEY_SIMPLEX
-    if box is not None:
+    if box is not None:  # the tracker's boxes are sub-pixel: draw the nearest pixels
+        box = box.rounded()
         cv2.rectangle(out, (box.x, box.y), (box.x + box.w, box.y + box.h), (0, 220, 0), 2)
     if probabilities is None:
         cv2.putText(out, status, (8, 20), font, 0.5, (0, 200, 255), 1, cv2.LINE_AA)
@@ -208,10 +224,13 @@ def run_live(source: str, classifier: Classifier, window: float = 2.0, stride: f
         fps_note = " (the source reports no frame rate; 25 fps assumed)"
     detect, track = classifier.config["detect"], classifier.config["track"]
     sampler = FaceSampler(detector_from_params(detect), track["tracker"], detect["extend_px"],
-                          track["size"], track["color"], every=1)
+                          track["size"], track["color"], every=1,
+                          smooth=track.get("smooth", 0.0))  # as `fer track` and predict
     live = LiveWindow(max(1, round(window * fps)))
     stride_frames = max(1, round(stride * fps))
-    classifier.predict([np.zeros(_crop_shape(track), np.uint8)])  # build the graph first
+    blank = np.zeros(_crop_shape(track), np.uint8)
+    classifier.predict([blank], [blank])  # build the graph first
+    onset: list[np.ndarray] = []  # the first face crops: identity runs' neutral baseline
     current: dict = {}
 
     def frames() -> Iterator[np.ndarray]:
@@ -229,11 +248,14 @@ def run_live(source: str, classifier: Classifier, window: float = 2.0, stride: f
         with video_writer(write, size, fps) as writer:
             try:
                 for sample, face in sampler.samples(frames()):
-                    live.add(face if face is None or face.ndim == 3 else face[..., None])
+                    face = face if face is None or face.ndim == 3 else face[..., None]
+                    live.add(face)
+                    if face is not None and len(onset) < BASELINE_FRAMES:
+                        onset.append(face)
                     if (sample.frame + 1) % stride_frames == 0:
                         seconds = (sample.frame + 1) / fps
                         if live.ready():
-                            probabilities = classifier.predict(live.faces())
+                            probabilities = classifier.predict(live.faces(), onset)
                             best = classifier.classes[int(np.argmax(probabilities))]
                             predictions.append({"seconds": round(seconds, 3), "label": best,
                                                 "probabilities": [round(float(p), 6)

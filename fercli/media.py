@@ -1,8 +1,17 @@
-"""Reading the two source layouts users bring: video files and frame-sequence folders.
+"""Reading the source layouts users bring as one stream of BGR frames.
 
-BU-4DFE ships videos; CK+ ships one folder of numbered PNGs per sequence. Both are read as
-one stream of BGR frames, so every later stage is layout-agnostic. Problems with one
-source raise ItemError (the item fails, the others go on).
+Four kinds of source, told apart by the path alone so that every stage reads any of them
+with the same ``iter_frames(path)`` call:
+
+- a video file (BU-4DFE ships ``.avi``);
+- a frame-sequence folder (CK+ ships one folder of numbered PNGs per sequence);
+- a frame list, a small text file ending in ``.frames`` that names the images of one
+  sequence in order, one path per line (relative paths are relative to the list's folder,
+  ``#`` starts a comment). `fer index` writes one for every sequence it groups out of a
+  folder holding many sequences (CK+48: ``anger/S010_004_00000017.png`` ...);
+- a single image (JAFFE, FER2013-style folders): a one-frame item.
+
+Problems with one source raise ItemError (the item fails, the others go on).
 """
 from __future__ import annotations
 
@@ -17,6 +26,7 @@ import numpy as np
 from .errors import ItemError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+FRAME_LIST_SUFFIX = ".frames"
 # A frame larger than this (8K) is refused before decoding eats the memory.
 MAX_PIXELS = 7680 * 4320
 _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
@@ -52,6 +62,38 @@ def is_sequence_dir(path: Path) -> bool:
     return path.is_dir() and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.iterdir())
 
 
+def source_kind(path: str | Path) -> str:
+    """``sequence`` (a folder), ``frames`` (a frame list), ``image`` or ``video``."""
+    path = Path(path)
+    if path.is_dir():
+        return "sequence"
+    suffix = path.suffix.lower()
+    if suffix == FRAME_LIST_SUFFIX:
+        return "frames"
+    return "image" if suffix in IMAGE_EXTENSIONS else "video"
+
+
+def frame_number(name: str) -> int | None:
+    """The last number in a file's stem (``S005_001_00000011.png`` -> 11), if any."""
+    match = _LAST_NUMBER.search(Path(name).stem)
+    return int(match.group(1)) if match else None
+
+
+def check_frame_numbers(numbered: list[tuple[int, str]], source: object) -> list[str]:
+    """Names sorted by frame number; a repeated or missing number fails the item."""
+    numbered = sorted(numbered)
+    numbers = [n for n, _ in numbered]
+    for previous, current in zip(numbers, numbers[1:]):
+        if current == previous:
+            raise ItemError(f"frame number {current} appears twice", path=source,
+                            hint="Remove the duplicate frame file")
+        if current != previous + 1:
+            raise ItemError(f"frame {previous + 1} is missing (gap between {previous} and "
+                            f"{current})", path=source,
+                            hint="Restore the missing frames or exclude this sequence")
+    return [name for _, name in numbered]
+
+
 def sequence_frames(folder: Path) -> list[Path]:
     """Image files of a sequence sorted by frame number; a gap in the numbers fails."""
     images = [p for p in folder.iterdir()
@@ -62,29 +104,49 @@ def sequence_frames(folder: Path) -> list[Path]:
                         hint="Remove the folder or add its frames")
     numbered = []
     for image in images:
-        match = _LAST_NUMBER.search(image.stem)
-        if not match:
+        number = frame_number(image.name)
+        if number is None:
             raise ItemError(f"frame file {image.name!r} has no frame number", path=folder,
                             hint="Name frames with a number, e.g. S005_001_00000001.png")
-        numbered.append((int(match.group(1)), image))
-    numbered.sort()
-    numbers = [n for n, _ in numbered]
-    for previous, current in zip(numbers, numbers[1:]):
-        if current == previous:
-            raise ItemError(f"frame number {current} appears twice", path=folder,
-                            hint="Remove the duplicate frame file")
-        if current != previous + 1:
-            raise ItemError(f"frame {previous + 1} is missing (gap between {previous} and "
-                            f"{current})", path=folder,
-                            hint="Restore the missing frames or exclude this sequence")
-    return [image for _, image in numbered]
+        numbered.append((number, image.name))
+    return [folder / name for name in check_frame_numbers(numbered, folder)]
+
+
+def frame_list_text(frames: list[Path]) -> str:
+    """The content of a ``.frames`` file naming ``frames`` (absolute paths) in order."""
+    return "# fercli frame list: one image per line, in frame order\n" + \
+        "".join(f"{Path(f).resolve()}\n" for f in frames)
+
+
+def read_frame_list(path: Path) -> list[Path]:
+    """The images a ``.frames`` file names, in its order."""
+    if not path.is_file():
+        raise ItemError("frame list not found", path=path, hint="Re-run `fer index`")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ItemError(f"frame list cannot be read ({exc})", path=path,
+                        hint="Re-run `fer index --force`") from None
+    frames = [path.parent / line.strip() for line in lines
+              if line.strip() and not line.lstrip().startswith("#")]
+    if not frames:
+        raise ItemError("frame list names no images", path=path,
+                        hint="Re-run `fer index` or add one image path per line")
+    return frames
 
 
 def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """Yield BGR uint8 frames of a video file or a frame-sequence folder."""
+    """Yield BGR uint8 frames of a video, a sequence folder, a frame list or an image."""
     path = Path(path)
-    if path.is_dir():
-        yield from _iter_sequence(path)
+    kind = source_kind(path)
+    if kind == "sequence":
+        yield from _iter_images(sequence_frames(path), path)
+    elif kind == "frames":
+        yield from _iter_images(read_frame_list(path), None)
+    elif kind == "image":
+        if not path.is_file():
+            raise ItemError("image file not found", path=path, hint="Re-run `fer index`")
+        yield from _iter_images([path], None)
     else:
         yield from _iter_video(path)
 
@@ -119,21 +181,28 @@ def _iter_video(path: Path) -> Iterator[np.ndarray]:
         capture.release()
 
 
-def _iter_sequence(folder: Path) -> Iterator[np.ndarray]:
+def _iter_images(images: list[Path], folder: Path | None) -> Iterator[np.ndarray]:
+    """Decode images as frames of one item; all must have one size. ``folder`` names the
+    sequence folder in errors; without it (frame lists, stills) the image itself is named."""
     size = None
-    for image_path in sequence_frames(folder):
+    for image_path in images:
+        where = folder or image_path
+        name = f"frame {image_path.name!r}" if folder else "frame"
+        if folder is None and not image_path.is_file():
+            raise ItemError("frame file not found", path=image_path,
+                            hint="Restore the file or re-run `fer index`")
         frame = cv2.imread(opencv_name(image_path, folder), cv2.IMREAD_COLOR)
         if frame is None:
-            raise ItemError(f"frame {image_path.name!r} cannot be decoded", path=folder,
-                            hint="Replace the damaged image or exclude this sequence")
+            raise ItemError(f"{name} cannot be decoded", path=where,
+                            hint="Replace the damaged image or exclude this item")
         if size is None:
             size = frame.shape[:2]
             if size[0] * size[1] > MAX_PIXELS:
                 raise ItemError(f"frame size {size[1]}x{size[0]} is larger than 8K",
-                                path=folder, hint="Downscale the frames before indexing")
+                                path=where, hint="Downscale the frames before indexing")
         elif frame.shape[:2] != size:
-            raise ItemError(f"frame {image_path.name!r} is {frame.shape[1]}x{frame.shape[0]}, "
-                            f"the sequence started at {size[1]}x{size[0]}", path=folder,
+            raise ItemError(f"{name} is {frame.shape[1]}x{frame.shape[0]}, "
+                            f"the sequence started at {size[1]}x{size[0]}", path=where,
                             hint="All frames of a sequence must have one size")
         yield frame
 
@@ -143,7 +212,7 @@ def probe(path: str | Path, sequence_fps: float = 25.0) -> MediaInfo:
     count far below the header's means a truncated file."""
     path = Path(path)
     fps, reported = sequence_fps, 0
-    if path.is_file():
+    if source_kind(path) == "video" and path.is_file():
         capture = cv2.VideoCapture(opencv_name(path))
         fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
         reported = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))

@@ -49,12 +49,13 @@ import numpy as np
 import yaml
 
 from .errors import ConfigError, InputError, ItemError
+from .identity import BASELINE_FRAMES
 from .media import is_sequence_dir, iter_frames, sequence_frames
 from .stages.detect import detector_from_params
 from .stages.fuse import METHODS, fuse_scores
 from .vision.detect import Box, FaceDetector, extend_box
-from .vision.track import FaceTracker, crop_face
-from .vision.trim import motion_scores, trim_range
+from .vision.track import BoxSmoother, FaceTracker, crop_face
+from .vision.trim import motion_scores, trim_clip
 from .workspace import atomic_write_json, atomic_write_text, read_json
 
 DEFAULT_VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov")
@@ -162,7 +163,7 @@ def load_run(run_dir: Path) -> FinalizedRun:
     # <workdir>/finalize/runs/<run> -> <workdir>/cv-train/runs/<run>/run.json
     cv_json = run_dir.resolve().parent.parent.parent / "cv-train" / "runs" / run_dir.name \
         / "run.json"
-    weight = (read_json(cv_json, "run.json").get("mean_best_val_accuracy")
+    weight = (read_json(cv_json, "run.json").get("cv_accuracy")
               if cv_json.is_file() else None)
     return FinalizedRun(run_dir.name, run_dir, info, config, classes,
                         load_model(run_dir / "model.keras"), weight)
@@ -171,8 +172,9 @@ def load_run(run_dir: Path) -> FinalizedRun:
 def preprocessing(config: dict) -> dict:
     """The config values that decide which face pixels a model is fed."""
     return {"detect": config["detect"],
-            "track": {k: config["track"][k] for k in ("tracker", "size", "color")},
-            "trim": {k: config["trim"][k] for k in ("score", *TRIM_KEYS)},
+            "track": {k: config["track"].get(k) for k in ("tracker", "size", "color",
+                                                          "smooth")},
+            "trim": {k: config["trim"].get(k) for k in ("score", "shape", *TRIM_KEYS)},
             "sequence_fps": config["index"]["sequence_fps"]}
 
 
@@ -248,10 +250,25 @@ class ClipEncoder:
         return codes.astype(np.float32) / 255.0  # clip_dataset's scaling
 
 
+def baseline_key(key: tuple) -> tuple:
+    """Where a sequence's codes keep the neutral baseline of an encoder's features."""
+    return ("baseline", *key)
+
+
+def with_baseline(codes: dict, onset: dict) -> dict:
+    """``codes`` plus each encoder's baseline (fercli.identity) from ``onset``, the codes of
+    the video's first face frames: the rule extract applies to a clip's first frames."""
+    from .identity import onset_baseline
+
+    return {**codes, **{baseline_key(key): onset_baseline(value)
+                        for key, value in onset.items() if value is not None and len(value)}}
+
+
 def model_inputs(run: FinalizedRun, encoder, sequences: Sequence[np.ndarray],
-                 rows: int) -> dict:
+                 rows: int, baselines: Sequence[np.ndarray] | None = None) -> dict:
     """``rows`` sequences (zeros after the given ones) padded with zeros or truncated to the
-    run's max_frames, plus masks. A fixed row count keeps one traced graph per model."""
+    run's max_frames, plus masks (and the baselines of an identity-normalised run). A fixed
+    row count keeps one traced graph per model."""
     length = run.max_frames
     shape = sequences[0].shape[1:]
     data = np.zeros((rows, length, *shape), sequences[0].dtype)
@@ -260,7 +277,12 @@ def model_inputs(run: FinalizedRun, encoder, sequences: Sequence[np.ndarray],
         n = min(len(seq), length)
         data[i, :n] = seq[:n]
         mask[i, :n] = 1.0
-    return {"clip" if run.is_clip else "features": encoder.model_input(data), "mask": mask}
+    inputs = {"clip" if run.is_clip else "features": encoder.model_input(data), "mask": mask}
+    if run.info.get("identity"):
+        base = np.zeros((rows, data.shape[-1]), np.float32)
+        base[:len(baselines)] = np.stack(baselines)
+        inputs["baseline"] = base
+    return inputs
 
 
 # --------------------------------------------------------------------------- face sampling
@@ -281,8 +303,11 @@ class FaceSampler:
     """
 
     def __init__(self, detector: FaceDetector, tracker: str, extend_px: int, size: int,
-                 color: bool, every: int):
+                 color: bool, every: int, smooth: float = 0.0):
         self.detector = detector
+        # track.smooth as `fer track` applies it; a box every Nth frame is not a steady
+        # stream, so only every-frame sampling is smoothed
+        self.smoother = BoxSmoother(smooth if every == 1 else 0.0)
         self.tracker_name = tracker
         self.extend_px = extend_px
         self.size = size
@@ -300,11 +325,13 @@ class FaceSampler:
                 continue
             box = None
             if tracker is not None:
-                box = tracker.update(frame)
+                box = tracker.locate(frame)  # sub-pixel, as `fer track` cuts its clips
                 status = "track"
                 if box is None:
                     tracker = None
                     self.counts["lost"] += 1
+                else:
+                    box = self.smoother.update(box, frame.shape[1], frame.shape[0])
             if tracker is None:
                 boxes = self.detector.detect(frame)
                 status = "no face" if not boxes else "several faces"
@@ -313,6 +340,7 @@ class FaceSampler:
                     box = extend_box(boxes[0], self.extend_px, width, height)
                     tracker = FaceTracker(self.tracker_name, box)
                     tracker.start(frame, box)
+                    self.smoother.reset(box)
                     status = "detect"
             self.counts[status] += 1
             face = crop_face(frame, box, self.size, self.color) if box is not None else None
@@ -388,6 +416,7 @@ def stream_windows(samples: Iterable[tuple[FaceSample, np.ndarray | None]], enco
     """
     entries: deque = deque()  # [frame, status, {key: code} | None]
     pending: list = []  # (entry, face) awaiting encoding
+    onset: dict = {key: [] for key in encoders}  # the video's first face codes (baseline)
     batch = min(e.batch_size for e in encoders.values())
     k = 0
 
@@ -397,6 +426,8 @@ def stream_windows(samples: Iterable[tuple[FaceSample, np.ndarray | None]], enco
             for (entry, _), code in zip(pending, encoder.encode(faces)):
                 entry[2] = entry[2] or {}
                 entry[2][key] = code
+                if len(onset[key]) < BASELINE_FRAMES:
+                    onset[key].append(code)
         pending.clear()
 
     def close(upto: int) -> Iterator[Window]:
@@ -417,7 +448,9 @@ def stream_windows(samples: Iterable[tuple[FaceSample, np.ndarray | None]], enco
         window = Window(*(times or spec.times(index)), sampled_in(start, end, every),
                         len(coded), sum(e[1] == "several faces" for e in inside))
         if coded and window.status == "ok":
-            window.codes = {key: np.stack([c[key] for c in coded]) for key in encoders}
+            window.codes = with_baseline(
+                {key: np.stack([c[key] for c in coded]) for key in encoders},
+                {key: np.stack(codes) for key, codes in onset.items()})
         return window
 
     for sample, face in samples:
@@ -458,8 +491,9 @@ class Predictor:
             key = run.encoder_key()
             encoder = self.encoders[key]
             parts = [run.model.predict_on_batch(model_inputs(
-                run, encoder, [c[key] for c in chunk], PREDICT_BATCH))[:len(chunk)]
-                for chunk in batched(codes, PREDICT_BATCH)]
+                run, encoder, [c[key] for c in chunk], PREDICT_BATCH,
+                [c[baseline_key(key)] for c in chunk] if run.info.get("identity") else None)
+            )[:len(chunk)] for chunk in batched(codes, PREDICT_BATCH)]
             out.append(np.concatenate(parts).astype(np.float64))
         return out
 
@@ -503,7 +537,7 @@ def build_predictor(run_dirs: Sequence[Path], fusion_method: str | None,
         else:
             weights = [1.0] * len(runs)
             notes.append("weighted fusion: a run lacks cv-train run.json "
-                         "(mean_best_val_accuracy); equal weights used")
+                         "(cv_accuracy); equal weights used")
     encoders = {}
     for run in runs:
         key = run.encoder_key()
@@ -589,7 +623,8 @@ def predict_video(path: Path, predictor: Predictor, detector: FaceDetector,
     config = predictor.runs[0].config
     track = config["track"]
     sampler = FaceSampler(detector, track["tracker"], config["detect"]["extend_px"],
-                          track["size"], track["color"], settings.every)
+                          track["size"], track["color"], settings.every,
+                          smooth=track.get("smooth", 0.0))
 
     def frames() -> Iterator[np.ndarray]:
         for frame in iter_frames(path):
@@ -656,18 +691,29 @@ def _whole(path: Path, sampler: FaceSampler, frames, predictor: Predictor) -> di
         return {"status": _faceless_status(sampler.counts)}
     scores = motion_scores(chain([first], stream))
     params = predictor.runs[0].config["trim"]
-    trim = trim_range(scores, **{k: params[k] for k in TRIM_KEYS})
+    trim = trim_clip(scores, shape=params.get("shape", "onset-apex-offset"),
+                     **{k: params[k] for k in TRIM_KEYS})
     longest = max(run.max_frames for run in predictor.runs)
     last = min(trim.last, trim.first + longest - 1)
     wanted = dict(boxes[trim.first:last + 1])
+    onset_frames = [frame for frame, _ in boxes[:BASELINE_FRAMES]]  # neutral onset
+    needed = {**dict(boxes[:BASELINE_FRAMES]), **wanted}
     track = predictor.runs[0].config["track"]
-    crops = list(crops_at(iter_frames(path), wanted, track["size"], track["color"]))
-    if len(crops) != len(wanted):
-        raise ItemError(f"the second read gave {len(crops)} of {len(wanted)} face frames",
+    read = dict(zip(sorted(needed), crops_at(iter_frames(path), needed, track["size"],
+                                             track["color"])))
+    if len(read) != len(needed):
+        raise ItemError(f"the second read gave {len(read)} of {len(needed)} face frames",
                         path=path, hint="The file changed or decodes inconsistently; copy it")
-    codes = {key: np.concatenate([encoder.encode(chunk)
-                                  for chunk in batched(crops, encoder.batch_size)])
-             for key, encoder in predictor.encoders.items()}
+    crops = [read[frame] for frame in sorted(wanted)]
+    onset_crops = [read[frame] for frame in onset_frames]
+
+    def encoded(faces, encoder):
+        return np.concatenate([encoder.encode(chunk)
+                               for chunk in batched(faces, encoder.batch_size)])
+
+    codes = with_baseline(
+        {key: encoded(crops, encoder) for key, encoder in predictor.encoders.items()},
+        {key: encoded(onset_crops, encoder) for key, encoder in predictor.encoders.items()})
     per_run = predictor.per_run([codes])
     probabilities = predictor.fused(per_run)[0]
     result = {"status": "ok", "reason": "", **predictor.describe(probabilities),

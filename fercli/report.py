@@ -140,8 +140,10 @@ def build_report(workdir: Path, out_dir: Path) -> Report:
     if runs:
         rep.heading("Cross-validation")
         rep.table([json.loads(p.read_text()) for p in runs],
-                  ["run", "model", "folds", "epochs", "mean_best_val_accuracy",
-                   "std_best_val_accuracy"])
+                  ["run", "model", "folds", "epochs", "cv_epoch", "cv_accuracy", "cv_uar",
+                   "optimistic_mean_best_val_accuracy"])
+        rep.text("CV accuracy and UAR: mean over folds at one epoch, the mean curve's best. "
+                 "The optimistic figure averages each fold's own best epoch.")
         for p in runs:
             rep.image(p.parent / "mean_curve.png", f"{p.parent.name}: mean CV curve")
     if (w / "fuse/fusion_table.csv").is_file():

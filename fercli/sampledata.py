@@ -5,7 +5,9 @@ made from one public-domain photograph (``skimage.data.astronaut()``, NASA). Eac
 that face going neutral -> apex -> neutral, the onset-apex-offset course of the posed
 BU-4DFE sequences the method is built for (thesis 3.2.1, Algorithm 1), with one of the six basic
 expressions produced by smooth, expression-specific warps of the facial features. "Subjects"
-differ by geometry, colour and background; everything follows from one integer seed.
+differ by geometry, colour and background; everything follows from one integer seed. The
+``onset-apex`` variant ends at the apex instead (neutral -> apex, no offset), the course of
+CK+ sequences, so both of trim's shapes can be exercised.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ MIN_FRAMES = 16
 # MPEG-4 part 2 in AVI via FFmpeg: ~43 kB per 44-frame video against ~320 kB for MJPG, so the
 # committed set stays near 2 MB; every FFmpeg-enabled OpenCV build reads it back.
 FOURCC = "mp4v"
+# Expression courses a sample video can follow (see ``intensity_course``).
+SHAPES = ("onset-apex-offset", "onset-apex")
 
 # (x, y) pixel positions on skimage.data.astronaut(), read off a gridded 7x zoom of the face.
 LANDMARKS = {
@@ -176,12 +180,17 @@ def _skin_gain(exposure: float, warmth: float) -> tuple[float, float, float]:
     return exposure * (1.0 - warmth), exposure, exposure * (1.0 + warmth)
 
 
-def intensity_course(n_frames: int, rng: np.random.Generator) -> np.ndarray:
+def intensity_course(n_frames: int, rng: np.random.Generator,
+                     shape: str = "onset-apex-offset") -> np.ndarray:
     """Expression intensity per frame in [0, 1]: neutral, onset, apex, offset, neutral.
 
     Segment shares are jittered per video; onset and offset follow a smoothstep so the
     motion starts and stops gently, and the first and last frames are exactly neutral.
+    ``shape="onset-apex"`` stops at the apex instead: neutral, onset, apex held to the
+    last frame (CK+ sequences end on the apex frame).
     """
+    if shape == "onset-apex":
+        return _onset_apex_course(n_frames, rng)
     shares = np.array([0.14, 0.22, 0.28, 0.22, 0.14]) + rng.uniform(-0.04, 0.04, size=5)
     minimum = np.array([2, 3, 2, 3, 2])
     lengths = np.maximum(minimum, np.round(shares / shares.sum() * n_frames)).astype(int)
@@ -190,6 +199,16 @@ def intensity_course(n_frames: int, rng: np.random.Generator) -> np.ndarray:
     up = _smoothstep(np.arange(1, onset + 1) / onset)
     down = 1.0 - _smoothstep(np.arange(1, offset + 1) / offset)
     return np.concatenate([np.zeros(head), up, np.ones(hold), down, np.zeros(tail)])
+
+
+def _onset_apex_course(n_frames: int, rng: np.random.Generator) -> np.ndarray:
+    """Neutral, smoothstep onset, apex to the end; the first frame exactly neutral."""
+    shares = np.array([0.25, 0.35, 0.40]) + rng.uniform(-0.04, 0.04, size=3)
+    lengths = np.maximum([2, 3, 2], np.round(shares / shares.sum() * n_frames)).astype(int)
+    lengths[2] += n_frames - lengths.sum()  # the apex hold absorbs rounding
+    head, onset, hold = (int(n) for n in lengths)
+    up = _smoothstep(np.arange(1, onset + 1) / onset)
+    return np.concatenate([np.zeros(head), up, np.ones(hold)])
 
 
 def _smoothstep(t: np.ndarray) -> np.ndarray:
@@ -281,7 +300,8 @@ def _background(subject: Subject, size: tuple[int, int]) -> np.ndarray:
 
 
 def render_frames(subject: Subject, expression: str, rng: np.random.Generator, n_frames: int,
-                  size: tuple[int, int] = FRAME_SIZE) -> list[np.ndarray]:
+                  size: tuple[int, int] = FRAME_SIZE,
+                  shape: str = "onset-apex-offset") -> list[np.ndarray]:
     """All BGR frames of one video: the subject's face through one expression course."""
     photo = _colour_photo(subject)
     mask = _head_mask(photo.shape[:2])
@@ -290,7 +310,7 @@ def render_frames(subject: Subject, expression: str, rng: np.random.Generator, n
     dx, dy = _displacement(EXPRESSION_WARPS[expression], px, py, amplitude)
     background = _background(subject, size)
     frames = []
-    for level in intensity_course(n_frames, rng):
+    for level in intensity_course(n_frames, rng, shape):
         # Backward map: the frame pixel shows the skin that moved onto it (small-shift inverse).
         map_x = (px - level * dx).astype(np.float32)
         map_y = (py - level * dy).astype(np.float32)
@@ -347,8 +367,12 @@ def video_name(subject: str, expression: str) -> str:
     return f"{subject}_{expression}_tex.avi"
 
 
-def _check_arguments(n_subjects: int, n_frames: int, size: tuple[int, int]) -> None:
+def _check_arguments(n_subjects: int, n_frames: int, size: tuple[int, int],
+                     shape: str = SHAPES[0]) -> None:
     """Refuse requests that could not give a detectable face with a full expression course."""
+    if shape not in SHAPES:
+        raise ConfigError(f"unknown expression course {shape!r}. Use one of: "
+                          f"{', '.join(SHAPES)}")
     if n_subjects < 1:
         raise ConfigError(f"n_subjects must be at least 1, got {n_subjects}. "
                           "Pass a positive number of subjects")
@@ -363,14 +387,16 @@ def _check_arguments(n_subjects: int, n_frames: int, size: tuple[int, int]) -> N
 
 def generate_sample_data(out_dir: Path, n_subjects: int = 8, n_frames: int = 80,
                          size: tuple[int, int] = FRAME_SIZE, seed: int = 0,
-                         progress: Callable[[int, int, Path], None] | None = None) -> list[Path]:
+                         progress: Callable[[int, int, Path], None] | None = None,
+                         shape: str = "onset-apex-offset") -> list[Path]:
     """Write ``n_subjects`` x 6 expression videos into ``out_dir`` and return their paths.
 
     Each video has ``n_frames`` +- 12% frames (drawn per video) at 25 fps and ``size``
-    (width, height) pixels. The bytes depend only on the arguments (and the OpenCV build).
+    (width, height) pixels, and follows the expression course ``shape`` (one of
+    ``SHAPES``). The bytes depend only on the arguments (and the OpenCV build).
     ``progress(done, total, path)`` is called after each video.
     """
-    _check_arguments(n_subjects, n_frames, size)
+    _check_arguments(n_subjects, n_frames, size, shape)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jitter = n_frames // 8
@@ -382,7 +408,7 @@ def generate_sample_data(out_dir: Path, n_subjects: int = 8, n_frames: int = 80,
             rng = np.random.default_rng([seed, s, e])
             length = n_frames + int(rng.integers(-jitter, jitter + 1))
             path = out_dir / video_name(name, expression)
-            write_video(path, render_frames(subject, expression, rng, length, size))
+            write_video(path, render_frames(subject, expression, rng, length, size, shape))
             paths.append(path)
             if progress is not None:
                 progress(len(paths), total, path)

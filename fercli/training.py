@@ -20,7 +20,9 @@ import numpy as np
 
 from .workspace import atomic_path, atomic_write_json, atomic_write_text
 
-LOG_COLUMNS = ["epoch", "accuracy", "loss", "val_accuracy", "val_loss", "learning_rate"]
+LOG_COLUMNS = ["epoch", "accuracy", "loss", "val_accuracy", "val_loss", "uar", "val_uar",
+               "learning_rate"]
+METRIC_COLUMNS = [c for c in LOG_COLUMNS if c not in ("epoch", "learning_rate")]
 
 
 @dataclass
@@ -89,7 +91,7 @@ def make_epoch_checkpoint(run_dir: Path, history: list[dict], best: float,
             logs = dict(logs or {})
             lr = self.model.optimizer.learning_rate
             row = {"epoch": epoch + 1,
-                   **{k: float(logs[k]) for k in LOG_COLUMNS[1:5] if k in logs},
+                   **{k: float(logs[k]) for k in METRIC_COLUMNS if k in logs},
                    "learning_rate": float(np.asarray(lr))}
             self.history_rows.append(row)
             latest = run_dir / f"latest-e{epoch + 1:04d}.keras"
@@ -140,12 +142,13 @@ def _log_text(rows: list[dict]) -> str:
 
 def train_resumable(run_dir: Path, build, train_ds, val_ds, *, epochs: int, seed: int,
                     early_stopping: dict | None = None, tensorboard: bool = True,
-                    log=None) -> FoldResult:
+                    class_weight: dict[int, float] | None = None, log=None) -> FoldResult:
     """Fit ``build()`` for ``epochs`` (or until early stopping), resuming from run_dir.
 
     ``early_stopping`` (finalize): {"patience", "lr_factor", "lr_patience"} adds
     EarlyStopping and ReduceLROnPlateau on validation accuracy, their counters restored
-    on resume so a restart stops where an uninterrupted run would.
+    on resume so a restart stops where an uninterrupted run would. ``class_weight``
+    (class index -> weight) scales each sequence's loss by its class's weight.
     """
     keras = _keras()
     log = log or (lambda message: print(message, file=sys.stderr))
@@ -194,6 +197,7 @@ def train_resumable(run_dir: Path, build, train_ds, val_ds, *, epochs: int, seed
     if initial_epoch < epochs:
         model.fit(train_ds, validation_data=val_ds, epochs=epochs,
                   initial_epoch=initial_epoch, callbacks=callbacks, verbose=0,
+                  class_weight=class_weight,
                   shuffle=False)  # the tf.data pipeline shuffles, seeded per epoch
     state = read_state(run_dir) or {"epoch": 0, "best_epoch": 0, "best_val_accuracy": 0.0}
     if stopper is not None and stopper.stopped_epoch:
@@ -231,13 +235,37 @@ def _result(state: dict, history: list[dict]) -> FoldResult:
                       stopped_epoch=state.get("stopped_epoch"), history=history)
 
 
+def balanced_class_weights(labels, n_classes: int) -> dict[int, float]:
+    """n / (k x n_c) per present class (scikit-learn's "balanced"; seed 002 weights the
+    rare FER classes up): every class then adds the same total to the loss."""
+    counts = np.bincount(np.asarray(labels, int), minlength=n_classes)
+    present = counts > 0
+    return {int(c): float(counts.sum() / (present.sum() * counts[c]))
+            for c in range(n_classes) if present[c]}
+
+
+def honest_cv(curve: list[dict]) -> dict:
+    """The run's CV figure: the mean over folds at ONE epoch, the mean curve's best.
+
+    Each fold's own best epoch is chosen on that fold's validation data, so their mean is
+    optimistic; one epoch for all folds is what the final model can actually use.
+    """
+    scored = [row for row in curve if "val_accuracy" in row]
+    if not scored:
+        return {"cv_accuracy": float("nan"), "cv_uar": float("nan"), "cv_epoch": 0}
+    best = max(scored, key=lambda row: (row["val_accuracy"], -row["epoch"]))
+    return {"cv_accuracy": best["val_accuracy"], "cv_uar": best.get("val_uar", float("nan")),
+            "cv_accuracy_std": best.get("val_accuracy_std", float("nan")),
+            "cv_epoch": best["epoch"]}
+
+
 def mean_curve(histories: list[list[dict]]) -> list[dict]:
     """Epoch-wise average over folds (thesis 3.2.3: results averaged across folds)."""
     n = min((len(h) for h in histories), default=0)
     out = []
     for e in range(n):
         row = {"epoch": e + 1}
-        for key in LOG_COLUMNS[1:5]:
+        for key in METRIC_COLUMNS:
             values = [h[e][key] for h in histories if key in h[e]]
             if values:
                 row[key] = float(np.mean(values))

@@ -22,7 +22,6 @@ import csv
 import io
 from pathlib import Path
 
-import numpy as np
 import yaml
 from rich.console import Console
 from rich.table import Table
@@ -53,7 +52,7 @@ def run_tune(config: Config, console: Console) -> dict:
 
     from .stages.cv_train import TrainingData, train_params
     from .stages.split import load_splits
-    from .training import train_resumable
+    from .training import honest_cv, mean_curve, train_resumable
 
     params = train_params(config)
     space = config["tune"]["space"]
@@ -62,7 +61,7 @@ def run_tune(config: Config, console: Console) -> dict:
                           "e.g. --set 'tune.space={units: [64, 128], dropout: {min: 0.1, "
                           "max: 0.7}}'")
     extract = config.workdir / "extract" / "features.h5"
-    if params["model"] in ("lstm", "bilstm", "cnn1d") and not extract.is_file():
+    if params["model"] in ("pooled", "lstm", "bilstm", "cnn1d") and not extract.is_file():
         from .errors import MissingUpstreamError
 
         raise MissingUpstreamError("feature store is missing", path=extract,
@@ -95,7 +94,7 @@ def run_tune(config: Config, console: Console) -> dict:
                                                 if k not in TRAIN_KEYS}}}
             from .stages.cv_train import build_fn
 
-            scores = []
+            histories = []
             for fold in range(data.n_folds):
                 train_rows, val_rows = data.fold_rows(fold)
                 run_dir = out_dir / "trials" / trial.trial_id / f"fold-{fold}"
@@ -105,11 +104,13 @@ def run_tune(config: Config, console: Console) -> dict:
                     data.dataset(train_rows, batch_size=batch, shuffle=True,
                                  seed=params["seed"] + fold, training=True),
                     data.dataset(val_rows, batch_size=batch, shuffle=False, seed=0),
-                    epochs=epochs, seed=params["seed"] + fold, tensorboard=False)
-                scores.append(result.best_val_accuracy)
-            console.print(f"trial {trial.trial_id}: {values} -> mean val accuracy "
-                          f"{np.mean(scores):.3f}")
-            return {"val_accuracy": float(np.mean(scores))}
+                    epochs=epochs, seed=params["seed"] + fold, tensorboard=False,
+                    class_weight=data.class_weight(train_rows))
+                histories.append(result.history)
+            honest = honest_cv(mean_curve(histories))  # one epoch for all folds
+            console.print(f"trial {trial.trial_id}: {values} -> CV accuracy "
+                          f"{honest['cv_accuracy']:.3f} at epoch {honest['cv_epoch']}")
+            return {"val_accuracy": honest["cv_accuracy"]}
 
     tuner = CrossValidationTuner(objective=kt.Objective("val_accuracy", "max"),
                                  max_trials=config["tune"]["trials"], seed=config["seed"],

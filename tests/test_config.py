@@ -72,3 +72,14 @@ def test_reference_lists_every_key():
         if isinstance(values, dict) and section in ("index", "split"):
             for key in values:
                 assert f"`{section}.{key}`" in text
+
+
+def test_ckplus_presets_default_to_apex_ending_clips_unless_told_otherwise():
+    from fercli.config import load_config
+
+    cfg = load_config(None, ["index.preset=ckplus48"])
+    assert cfg["trim"]["shape"] == "onset-apex" and cfg["detect"]["detector"] == "none"
+    assert load_config(None, ["index.preset=ckplus"])["trim"]["shape"] == "onset-apex"
+    told = load_config(None, ["index.preset=ckplus", "trim.shape=auto"])
+    assert told["trim"]["shape"] == "auto"
+    assert load_config(None, [])["trim"]["shape"] == "auto"

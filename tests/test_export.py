@@ -193,3 +193,129 @@ def test_export_option_mistakes(runs):
     with pytest.raises(ConfigError, match="lrcn-clips32"):
         resolve_run("nope", runs["workdir"])
     assert resolve_run("lstm-small", runs["workdir"]) == runs["feature"]
+
+
+# --------------------------------------------------------------------------- identity runs
+IDENTITY = ["augment.methods=[]", "extract.augmented=false", "train.model=pooled",
+            "train.model_params={}", "train.identity=onset", "train.epochs=2",
+            "train.batch_size=8", "train.tensorboard=false", "finalize.max_epochs=2",
+            "finalize.patience=1", "finalize.lr_patience=1"]
+
+
+@pytest.fixture(scope="module")
+def identity_run(runs, tmp_path_factory) -> Path:
+    """A real identity-normalised run: extract (with the onset baselines), cv-train and
+    finalize of the pooled model with train.identity=onset, in a copy of the work directory
+    (the other tests expect its finalize folder as they made it)."""
+    import shutil
+
+    workdir = Path(shutil.copytree(runs["workdir"],
+                                   tmp_path_factory.mktemp("identity") / "work"))
+    cfg = load_config(None, [f"workdir={workdir}", *SETTINGS, *IDENTITY])
+    for stage in ("augment", "extract", "cv-train", "finalize"):
+        assert run_stage(PIPELINE[stage], cfg, PIPELINE).n_failed == 0, stage
+    [run_dir] = (workdir / "finalize" / "runs").glob("pooled-*")
+    return run_dir
+
+
+def test_extract_predict_and_export_take_one_onset_baseline(identity_run):
+    """One clip's neutral baseline as `fer extract` stored it for training, as `fer predict`
+    computes it (``with_baseline`` on the codes of the first face frames) and as the export
+    graph computes it from the onset crops: the same identity normalisation everywhere."""
+    import keras
+
+    from fercli.export import KerasPipeline, build_inference_model, pad_onset, run_clips
+    from fercli.featurestore import FeatureStore
+    from fercli.identity import BASELINE_FRAMES
+    from fercli.predict import baseline_key, load_run, with_baseline
+
+    run = load_run(identity_run)
+    assert run.info["identity"] is True
+    pipeline = KerasPipeline(run)
+    clip = run_clips(run, "test")[0]
+    assert clip.onset.shape == (BASELINE_FRAMES, 64, 64, 3)
+    with FeatureStore(identity_run.parents[2] / "extract" / "features.h5") as store:
+        [row] = np.flatnonzero((store.items == clip.item) & (store.augment == ""))
+        stored, onset_at = store.baselines[row], store.onsets[row]
+    assert onset_at >= BASELINE_FRAMES  # trim keeps frames after the neutral onset
+
+    key = run.encoder_key()
+    codes = pipeline.encoder.encode(list(clip.onset))
+    predicted = with_baseline({}, {key: codes})[baseline_key(key)]
+
+    model = build_inference_model(run, extractor=pipeline.encoder.extractor)
+    probe = keras.Model(model.input, model.get_layer("onset_baseline").output)
+
+    def graph_baseline(onset):
+        return np.asarray(probe({"clip": np.zeros((1, MAX_FRAMES, 64, 64, 3), np.uint8),
+                                 "mask": np.zeros((1, MAX_FRAMES), np.float32),
+                                 "onset": pad_onset(onset, 64, 3)}))[0]
+
+    exported = graph_baseline(clip.onset)
+    scale = float(np.abs(predicted).max())
+    assert scale > 0
+    np.testing.assert_allclose(exported, predicted, rtol=0, atol=1e-5 * scale)
+    # extract averages float32 features and stores the mean in extract.dtype (float16);
+    # predict and the graph average the features as the store holds frames (float16)
+    np.testing.assert_allclose(stored, predicted, rtol=0, atol=2e-3 * scale)
+    # fewer face frames than BASELINE_FRAMES: the mean of those there are (zeros: none)
+    np.testing.assert_allclose(graph_baseline(clip.onset[:2]), codes[:2].mean(0), rtol=0,
+                               atol=1e-5 * scale)
+    np.testing.assert_allclose(graph_baseline(clip.onset[:1]), codes[0], rtol=0,
+                               atol=1e-5 * scale)
+
+
+def test_identity_run_exports_with_an_onset_input_and_agrees(identity_run):
+    """The graph of an identity run reads the onset crops too; the parity check feeds the
+    Keras pipeline as `fer predict` does and gives the same agreement table."""
+    import tensorflow as tf
+
+    from fercli.errors import InputError
+    from fercli.export import (
+        ExportedModel,
+        KerasPipeline,
+        export_run,
+        pad_clip,
+        pad_onset,
+        run_clips,
+    )
+    from fercli.identity import BASELINE_FRAMES
+    from fercli.predict import load_run
+
+    summary = export_run(identity_run, None, ["savedmodel", "tflite"], ["none", "int8"])
+    assert summary["input"] == {"clip": [MAX_FRAMES, 64, 64, 3], "dtype": "uint8",
+                                "channels": "BGR", "mask": [MAX_FRAMES],
+                                "onset": [BASELINE_FRAMES, 64, 64, 3], "signature": "serve",
+                                "output": "probabilities"}
+    artifacts = summary["artifacts"]
+    assert list(artifacts) == ["savedmodel", "model.tflite", "model-int8.tflite"]
+    for name, entry in artifacts.items():
+        assert entry["bytes"] > 0 and entry["ms_per_clip"] > 0, name
+        assert 0.0 <= entry["agreement"] <= 1.0 and not entry["select_tf_ops"], name
+    for name in ("savedmodel", "model.tflite"):  # float32: the same function as Keras
+        assert artifacts[name]["max_abs_diff"] < 1e-3 and artifacts[name]["agreement"] == 1.0
+    assert summary["check"]["clips"] == 12
+    out = Path(summary["folder"])
+    table = (out / "export.md").read_text()
+    assert f"+ onset [{BASELINE_FRAMES}, 64, 64, 3] uint8" in table
+    assert "| keras (model.keras + backbone) |" in table and "| model-int8.tflite |" in table
+
+    run = load_run(identity_run)
+    clip = run_clips(run, "test")[0]
+    data, mask = pad_clip(clip.crops, MAX_FRAMES, 64, 3)
+    onset = pad_onset(clip.onset, 64, 3)
+    expected = KerasPipeline(run).predict(clip.crops, clip.onset)
+    serve = tf.saved_model.load(str(out / "savedmodel")).signatures["serve"]
+    assert set(serve.structured_input_signature[1]) == {"clip", "mask", "onset"}
+    got = serve(clip=tf.constant(data), mask=tf.constant(mask), onset=tf.constant(onset))
+    np.testing.assert_allclose(got["probabilities"].numpy()[0], expected, atol=1e-4)
+    lite = ExportedModel(out / "model.tflite")
+    assert lite.needs_onset and lite.onset_shape == (1, BASELINE_FRAMES, 64, 64, 3)
+    np.testing.assert_allclose(lite.predict(data, mask, onset)[0], expected, atol=1e-4)
+    with pytest.raises(InputError, match="onset"):
+        lite.predict(data, mask)
+    # the baseline is read: the clip's last frames as the "onset" change the scores
+    other = lite.predict(data, mask, pad_onset(clip.crops[-BASELINE_FRAMES:], 64, 3))[0]
+    assert np.abs(other - expected).max() > 1e-6
+    np.testing.assert_allclose(other, KerasPipeline(run).predict(
+        clip.crops, clip.crops[-BASELINE_FRAMES:]), atol=1e-4)

@@ -64,7 +64,7 @@ SETTINGS = [  # as tests/test_pipeline.py, with one more epoch to kill in
     "split.folds=2", "split.test_fraction=0.2", "track.size=64",
     "augment.methods=[flip]", "extract.backbone=small-cnn", "extract.max_frames=40",
     f"train.epochs={EPOCHS}", "train.batch_size=8", "train.tensorboard=false",
-    "train.model_params={filters: [8, 8, 16, 16], dense_units: [16]}",
+    "train.model=cnn1d", "train.model_params={filters: [8, 8, 16, 16], dense_units: [16]}",
     f"finalize.max_epochs={EPOCHS}", f"finalize.patience={PATIENCE}", "finalize.lr_patience=1",
 ]
 DETERMINISTIC = ["index", "split", "detect", "track", "trim", "augment", "extract"]

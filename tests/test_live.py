@@ -30,24 +30,30 @@ N_PREDICTIONS = N_FRAMES // 12
 LINE = re.compile(r"^\s*(\d+\.\d+) s\s+(\w+)\s+(\d\.\d\d)\s+\| (.+)$")
 
 
-def make_run(workdir: Path, name: str) -> Path:
-    """A finalized run folder around an untrained LSTM on small-cnn features."""
+def make_run(workdir: Path, name: str, identity: bool = False) -> Path:
+    """A finalized run folder around an untrained LSTM on small-cnn features, or with
+    ``identity`` an untrained pooled model with identity normalisation (baseline input)."""
     from fercli.backbones import build_feature_extractor
     from fercli.models import build_model
 
     dim = build_feature_extractor("small-cnn", weights=None).feature_dim
     run_dir = workdir / "finalize" / "runs" / name
     run_dir.mkdir(parents=True)
-    build_model("lstm", {"units": 8}, (MAX_FRAMES, dim), len(CLASSES)).save(
-        run_dir / "model.keras")
+    model_name = "pooled" if identity else "lstm"
+    if identity:  # fixed weights: the onset's effect on the scores is the same every run
+        import keras
+
+        keras.utils.set_random_seed(3)
+    build_model(model_name, {} if identity else {"units": 8}, (MAX_FRAMES, dim),
+                len(CLASSES), baseline=identity).save(run_dir / "model.keras")
     config = defaults()
     config["track"]["size"] = 64
     config["extract"].update(backbone="small-cnn", weights=None, max_frames=MAX_FRAMES)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (run_dir / "model.json").write_text(json.dumps({
-        "run": name, "model": "lstm", "classes": CLASSES, "input_shape": [MAX_FRAMES, dim],
-        "backbone": config["extract"], "clip_size": None, "color": True,
-        "max_frames": MAX_FRAMES}))
+        "run": name, "model": model_name, "classes": CLASSES,
+        "input_shape": [MAX_FRAMES, dim], "backbone": config["extract"], "clip_size": None,
+        "color": True, "max_frames": MAX_FRAMES, "identity": identity}))
     (run_dir / "classes.json").write_text(json.dumps(CLASSES))
     return run_dir
 
@@ -153,3 +159,47 @@ def test_live_mistakes_fail_in_one_line(run, fer, tmp_path):
     result = fer("live", str(VIDEO), "--run", str(run), "--write", str(tmp_path / "x.gif"))
     assert result.exit_code == ConfigError.exit_code and "cannot write .gif" in result.output
     assert not (tmp_path / "x.gif").exists()
+
+
+@pytest.fixture(scope="module")
+def identity_run(tmp_path_factory) -> Path:
+    from fercli.export import export_run
+
+    run_dir = make_run(tmp_path_factory.mktemp("live-identity") / "work", "pooled-identity",
+                       identity=True)
+    export_run(run_dir, formats=["tflite"], check=False)
+    return run_dir
+
+
+def test_live_feeds_identity_runs_the_first_face_crops_as_onset(identity_run):
+    """An identity run's baseline comes from the first BASELINE_FRAMES face crops of the
+    source for every window (`fer predict`'s rule), in the export and the Keras pipeline."""
+    from fercli.export import KerasPipeline
+    from fercli.identity import BASELINE_FRAMES
+    from fercli.live import keras_classifier, load_classifier, run_live
+    from fercli.predict import FaceSampler, load_run
+    from fercli.stages.detect import detector_from_params
+
+    exported = load_classifier(identity_run.parents[2], identity_run.name)
+    assert exported.kind == "tflite" and exported.needs_onset
+    summaries = [run_live(str(VIDEO), classifier, window=1.0, stride=0.5, say=lambda _: None)
+                 for classifier in (exported, keras_classifier(identity_run))]
+    run = load_run(identity_run)
+    detect, track = run.config["detect"], run.config["track"]
+    sampler = FaceSampler(detector_from_params(detect), track["tracker"], detect["extend_px"],
+                          track["size"], track["color"], every=1, smooth=track["smooth"])
+    crops = [face for _, face in sampler.samples(read_video(VIDEO))]  # the crops live saw
+    assert len(crops) == N_FRAMES and all(c is not None for c in crops)
+    onset = np.stack(crops[:BASELINE_FRAMES])
+    pipeline = KerasPipeline(run)
+    for summary in summaries:
+        assert len(summary["predictions"]) == N_PREDICTIONS
+        for k, prediction in enumerate(summary["predictions"]):
+            end = 12 * (k + 1)  # a prediction every 12 frames, windows of 25 frames
+            faces = np.stack(crops[max(0, end - 25):end][-MAX_FRAMES:])
+            np.testing.assert_allclose(prediction["probabilities"],
+                                       pipeline.predict(faces, onset), atol=2e-5)
+    # late windows no longer hold the onset frames: their own first crops score otherwise
+    faces = np.stack(crops[-MAX_FRAMES:])
+    assert np.abs(pipeline.predict(faces, faces[:BASELINE_FRAMES])
+                  - pipeline.predict(faces, onset)).max() > 4e-4  # 20 x the tolerance

@@ -18,6 +18,7 @@ from fercli.models import (
 
 T = 10
 TINY = {  # (input shape, params small enough for a 2-core test machine)
+    "pooled": ((T, 4), {"pooling": ["mean", "max", "last"], "last_k": 2, "dense_units": [8]}),
     "lstm": ((T, 4), {"units": 8, "layers": 2}),
     "bilstm": ((T, 4), {"units": 8}),
     "cnn1d": ((T, 4), {"filters": [4, 4, 8, 8], "dense_units": [8], "batch_norm": True,
@@ -51,7 +52,7 @@ def test_every_model_trains_and_predicts_a_softmax(name):
     assert set(model.input) == {"features" if name in FEATURE_MODELS else "clip", "mask"}
 
 
-@pytest.mark.parametrize("name", ["lstm", "bilstm", "cnn1d"])
+@pytest.mark.parametrize("name", ["pooled", "lstm", "bilstm", "cnn1d"])
 def test_padding_and_what_is_in_it_do_not_change_the_output(name):
     """Same weights, the same 5 real steps padded to 8 or to 13 (with garbage): same output."""
     _, params = TINY[name]
@@ -87,6 +88,7 @@ def _toy_problem(rng, n, frames=10, dim=4):
 
 
 @pytest.mark.parametrize("name, params", [
+    ("pooled", {"dropout": 0.0}),
     ("lstm", {"units": 16, "dropout": 0.0}),
     ("cnn1d", {"filters": [8, 8, 8, 8], "dense_units": [8]}),
 ])
@@ -97,8 +99,8 @@ def test_a_learnable_problem_is_learned_well_above_chance(name, params):
     keras.utils.set_random_seed(0)
     model = compile_model(build_model(name, params, (10, 4), 3), learning_rate=1e-2)
     model.fit(train_x, train_y, epochs=8, batch_size=32, verbose=0)
-    _, accuracy = model.evaluate(test_x, test_y, verbose=0)
-    assert accuracy > 0.7    # chance is 1/3
+    scores = model.evaluate(test_x, test_y, verbose=0, return_dict=True)
+    assert scores["accuracy"] > 0.7 and scores["uar"] > 0.7   # chance is 1/3
 
 
 def test_thesis_baselines_have_the_thesis_parameter_counts():
@@ -167,3 +169,68 @@ def test_defaults_cover_every_model_and_resolve_unchanged():
     assert set(MODEL_DEFAULTS) == FEATURE_MODELS | CLIP_MODELS
     for name, defaults in MODEL_DEFAULTS.items():
         assert resolve_params(name, None) == defaults
+
+
+def test_pooled_model_pools_only_real_steps_and_the_last_k():
+    """mean / max / last-k over the real steps, by hand, equal the layer's output."""
+    from fercli.models import MaskedPooling
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 6, 3)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0]], bool)
+    out = np.asarray(MaskedPooling(["mean", "max", "last"], last_k=2)([x, mask]))
+    for row, n in enumerate((4, 2)):
+        real = x[row, :n]
+        expected = np.concatenate([real.mean(0), real.max(0), real[-2:].mean(0)])
+        np.testing.assert_allclose(out[row], expected, atol=1e-5)
+
+
+def test_identity_normalisation_feeds_the_change_from_the_baseline():
+    """With a baseline input the model reads [x, x - b]: adding the same vector to every
+    frame and to the baseline (another person, same expression change) changes only x."""
+    from fercli.models import IdentityNormalisation
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, 5, 3)).astype(np.float32)
+    b = rng.normal(size=(2, 3)).astype(np.float32)
+    out = np.asarray(IdentityNormalisation()([x, b]))
+    np.testing.assert_allclose(out[..., :3], x, atol=1e-6)
+    np.testing.assert_allclose(out[..., 3:], x - b[:, None], atol=1e-6)
+    model = compile_model(build_model("pooled", {"dense_units": []}, (5, 3), 3, baseline=True))
+    assert set(model.input) == {"features", "mask", "baseline"}
+    probs = model.predict({"features": x, "mask": np.ones((2, 5), bool), "baseline": b},
+                          verbose=0)
+    assert probs.shape == (2, 3)
+
+
+def test_macro_recall_is_the_mean_of_per_class_recalls():
+    from fercli.models import MacroRecall
+
+    metric = MacroRecall(3)
+    truth = np.eye(3, dtype=np.float32)[[0, 0, 0, 0, 1, 1]]  # class 2 absent: left out
+    pred = np.eye(3, dtype=np.float32)[[0, 0, 0, 1, 1, 0]]
+    metric.update_state(truth, pred)
+    assert float(metric.result()) == pytest.approx((3 / 4 + 1 / 2) / 2)
+
+
+def test_class_weights_scale_the_loss_of_each_class():
+    """balanced weights: n / (k n_c); the weighted loss of a batch is the weighted mean."""
+    from fercli.training import balanced_class_weights
+
+    labels = np.array([0, 0, 0, 1])
+    weights = balanced_class_weights(labels, 3)
+    assert weights == {0: pytest.approx(4 / 6), 1: pytest.approx(2.0)}
+    keras.utils.set_random_seed(0)
+    model = compile_model(build_model("pooled", {"dense_units": []}, (T, 4), 3))
+    inputs = _inputs("pooled", (T, 4), [T] * 4, np.random.default_rng(5))
+    onehot = np.eye(3, dtype=np.float32)[labels]
+    probs = model.predict(inputs, verbose=0)
+    per_item = -np.log(probs[np.arange(4), labels])
+    sample_weight = np.array([weights[c] for c in labels])
+    weighted = model.evaluate(inputs, onehot, sample_weight=sample_weight, verbose=0,
+                              return_dict=True)["loss"]
+    plain = model.evaluate(inputs, onehot, verbose=0, return_dict=True)["loss"]
+    regularisation = plain - per_item.mean()
+    assert weighted - regularisation == pytest.approx(
+        float(np.sum(per_item * sample_weight) / 4), rel=1e-4)
+    assert not np.isclose(weighted, plain)

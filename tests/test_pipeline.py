@@ -27,7 +27,7 @@ SETTINGS = [
     "split.folds=2", "split.test_fraction=0.2", "track.size=64",
     "augment.methods=[flip]", "extract.backbone=small-cnn", "extract.max_frames=40",
     "train.epochs=3", "train.batch_size=8", "train.tensorboard=false",
-    "train.model_params={filters: [8, 8, 16, 16], dense_units: [16]}",
+    "train.model=cnn1d", "train.model_params={filters: [8, 8, 16, 16], dense_units: [16]}",
     "finalize.max_epochs=4", "finalize.patience=2", "finalize.lr_patience=1",
 ]
 
@@ -104,6 +104,61 @@ def test_finalize_writes_model_epochs_and_test_probabilities(work):
     assert (run_dir / "model.keras").stat().st_size > 0
     test = rows(run_dir / "test_probs.csv")
     assert len(test) == 6 and info["test_rows"] == 6
+
+
+def test_run_with_one_model_skips_fuse_and_writes_the_report(work, fer):
+    """The most common first experiment: one model. fuse says why it has nothing to do,
+    evaluate and report run, exit 0."""
+    assert len(list((work / "finalize/runs").iterdir())) == 1
+    args = [a for setting in [f"workdir={work}", *SETTINGS] for a in ("--set", setting)]
+    result = fer("run", *args)
+    assert result.exit_code == 0, result.output
+    assert "fuse: skipped: 1 finalized run" in " ".join(result.output.split())
+    assert (work / "report/report.html").is_file()
+    assert (work / "evaluate/summary.csv").is_file()
+    again = fer("fuse", *args)  # fuse alone, up to date: exit 0
+    assert again.exit_code == 0, again.output
+
+
+def test_run_reports_honest_cv_and_uar(work):
+    """run.json: accuracy and UAR of the mean curve's best epoch (one epoch for all folds);
+    the mean of the folds' own best epochs only under its optimistic name."""
+    [run_json] = (work / "cv-train/runs").glob("cnn1d-*/run.json")
+    info = json.loads(run_json.read_text())
+    curve = rows(run_json.parent / "mean_curve.csv")
+    best = max(curve, key=lambda r: (float(r["val_accuracy"]), -int(r["epoch"])))
+    assert info["cv_epoch"] == int(best["epoch"])
+    assert info["cv_accuracy"] == pytest.approx(float(best["val_accuracy"]))
+    assert info["cv_uar"] == pytest.approx(float(best["val_uar"]))
+    assert info["optimistic_mean_best_val_accuracy"] >= info["cv_accuracy"] - 1e-9
+    assert "mean_best_val_accuracy" not in info
+    assert {"uar", "val_uar"} <= set(rows(run_json.parent / "fold-0/log.csv")[0])
+
+
+def test_pooled_model_with_identity_normalisation_end_to_end(work, tmp_path):
+    """The default model, with baselines from the clips' neutral onsets, through finalize
+    and predict (in a copy of the workdir: the other tests expect one finalized run)."""
+    import shutil
+
+    from fercli.identity import BASELINE_FRAMES
+    from fercli.predict import predict_videos
+
+    work = Path(shutil.copytree(work, tmp_path / "work"))
+    cfg = config(work, "train.model=pooled", "train.model_params={}", "train.identity=onset",
+                 "train.epochs=2")
+    results = run(cfg, "cv-train", "finalize")
+    assert all(r.n_failed == 0 for r in results)
+    [run_dir] = (work / "finalize/runs").glob("pooled-*")
+    info = json.loads((run_dir / "model.json").read_text())
+    assert info["identity"] is True
+    with FeatureStore(work / "extract/features.h5") as store:
+        row = int(np.flatnonzero(store.augment == "")[0])
+        first = store.onsets[row]
+        assert store.baselines.shape == (len(store), store.feature_dim)
+    assert first >= BASELINE_FRAMES  # sample clips open on a neutral face that trim cuts
+    video = ROOT / "sample_data" / "F001_happy_tex.avi"
+    [row] = predict_videos([video], [run_dir], work / "predict-pooled")
+    assert row["status"] == "ok"
 
 
 def test_cv_train_single_fold(work):

@@ -8,10 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 from conftest import write_face_video, write_sequence
 
-from fercli.config import load_config
+from fercli.config import SCHEMA, load_config
 from fercli.engine import run_stage, stage_states
 from fercli.media import iter_frames
 from fercli.stages import PIPELINE
@@ -68,7 +69,8 @@ def test_clip_decodes_bit_exactly_to_the_tracked_faces(fer, face_videos, tmp_pat
         box = Box(*(int(detection[k]) for k in "xywh"))
         expected = [t.face for t in track_faces(
             iter_frames(face_videos / f"{detection['item_id']}.avi"),
-            Detection(int(detection["frame"]), box, box), "medianflow", 160, color == "true")]
+            Detection(int(detection["frame"]), box, box), "medianflow", 160, color == "true",
+            smooth=SCHEMA["track"]["smooth"].default)]
         clip = read_clip(work / "track/clips" / f"{detection['item_id']}.mkv",
                          color=color == "true")
         assert clip.shape[0] == len(expected)
@@ -126,3 +128,69 @@ def test_killed_track_resumes_with_remaining_items(face_videos, tmp_path):
     assert result.n_reused == done_before and result.n_processed == 12 - done_before
     assert stage_states(cfg, PIPELINE)["track"].status == "up to date"
     assert not list(clips.glob(".*"))  # no temp file left behind
+
+
+def test_trim_shape_auto_picks_each_course_per_clip(fer, tmp_path):
+    """CK+-like clips (end at the apex) keep their end; BU-4DFE-like ones go through
+    Algorithm 1; trim.csv and the summary line say which course each clip got."""
+    from fercli.sampledata import generate_sample_data
+
+    root = tmp_path / "mixed"
+    generate_sample_data(root, n_subjects=1, n_frames=40, shape="onset-apex")  # F001_*
+    offset = generate_sample_data(tmp_path / "offset", n_subjects=2, n_frames=72)
+    for path in offset:
+        if path.name.startswith("M001"):
+            path.rename(root / path.name)
+    for stage in ("index", "detect", "track", "trim"):
+        result = fer(stage, *(["--set", f"index.root={root}"] if stage == "index" else []))
+        assert result.exit_code == 0, (stage, result.output)
+    trims = {t["item_id"]: t for t in rows(tmp_path / "work/trim/trim.csv")}
+    assert len(trims) == 12
+    for item_id, t in trims.items():
+        last, n_frames = int(t["last"]), int(t["n_frames"])
+        if item_id.startswith("F001"):
+            assert (t["shape"], t["status"]) == ("onset-apex", "trimmed"), t
+            assert last == n_frames - 1 and int(t["first"]) > 0  # apex kept, onset cut
+        else:
+            assert (t["shape"], t["status"]) == ("onset-apex-offset", "trimmed"), t
+            assert last <= n_frames - 11  # Algorithm 1's ten tail frames at least
+    assert "12 trimmed; shape 6 onset-apex-offset, 6 onset-apex" in " ".join(
+        result.output.split())
+
+
+def write_crop_sequences(root: Path) -> Path:
+    """CK+48-like 48x48 grey face crops: label/Sxxx_yyy/ folders, one a single still."""
+    from conftest import astronaut_face
+
+    face = cv2.cvtColor(cv2.resize(astronaut_face()[30:230, 20:190], (48, 48)),
+                        cv2.COLOR_BGR2GRAY)
+    for subject, label, n_frames in (("S010_001", "anger", 8), ("S011_002", "happy", 8),
+                                     ("S012_001", "sadness", 1)):
+        folder = root / label / subject
+        folder.mkdir(parents=True)
+        for k in range(n_frames):
+            crop = face.copy()
+            crop[32:40, 14:34] = np.clip(crop[32:40, 14:34] + 12 * k, 0, 255)  # "mouth"
+            cv2.imwrite(str(folder / f"{subject}_{k + 1:08d}.png"), crop)
+    return root
+
+
+def test_detector_none_takes_face_crops_whole(fer, tmp_path):
+    root = write_crop_sequences(tmp_path / "crops")
+    common = ["--set", "detect.detector=none", "--set", "track.size=48",
+              "--set", "track.color=false", "--set", "index.preset=folder-per-label"]
+    for stage in ("index", "detect", "track", "trim"):
+        result = fer(stage, *(["--set", f"index.root={root}"] if stage == "index" else []),
+                     *common)
+        assert result.exit_code == 0, (stage, result.output)
+    work = tmp_path / "work"
+    detections = rows(work / "detect/detections.csv")
+    assert [(d["frame"], d["x"], d["y"], d["w"], d["h"]) for d in detections] == [
+        ("0", "0", "0", "48", "48")] * 3
+    boxes = rows(work / "track/boxes/anger_S010_001.csv")
+    assert {b["source"] for b in boxes} == {"full"} and len(boxes) == 8
+    clip = read_clip(work / "track/clips/anger_S010_001.mkv", color=False)
+    assert clip.shape == (8, 48, 48)
+    still = next(t for t in rows(work / "trim/trim.csv") if t["item_id"] == "sadness_S012_001")
+    assert (still["status"], still["shape"], still["n_kept"]) == ("still", "", "1")
+    assert "1 still" in result.output

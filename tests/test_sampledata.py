@@ -160,3 +160,31 @@ def test_impossible_requests_are_refused_before_writing(tmp_path, arguments, key
     with pytest.raises(ConfigError, match=key):
         generate_sample_data(tmp_path / "out", **arguments)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("n_frames", [14, 20, 44, 61])
+def test_onset_apex_course_rises_from_neutral_and_ends_on_the_apex(n_frames):
+    for seed in range(20):
+        course = intensity_course(n_frames, np.random.default_rng(seed), shape="onset-apex")
+        assert len(course) == n_frames
+        assert course[:2].max() == 0 and course[-2:].min() == 1
+        assert np.all(np.diff(course) >= 0)
+
+
+def test_onset_apex_videos_end_at_the_apex(tmp_path, runner):
+    from fercli.cli import app
+
+    out = tmp_path / "ck"
+    result = runner.invoke(app, ["sample-data", str(out), "--subjects", "1",
+                                 "--shape", "onset-apex"])
+    assert result.exit_code == 0, result.output
+    paths = sorted(out.glob("*.avi"))
+    assert len(paths) == len(EXPRESSIONS)
+    for path in paths[:2]:
+        frames, _, _ = _read(path)
+        box = _faces(frames[0])[0]
+        middle = _face_change(frames[len(frames) // 2], frames[0], box)
+        end = _face_change(frames[-1], frames[0], box)
+        assert end > 2.0 and end >= 0.9 * middle, (path.name, middle, end)
+    with pytest.raises(ConfigError, match="onset-apex"):
+        generate_sample_data(tmp_path / "bad", n_subjects=1, shape="apex")

@@ -1,9 +1,10 @@
 import json
+from collections import Counter
 
 import pytest
 
 from fercli.errors import ConfigError
-from fercli.stages.split import expand_subjects, make_split
+from fercli.stages.split import expand_subjects, make_split, make_stratified_split
 
 THESIS_FOLDS = [["F011-F015", "F017-F027"], ["F028-F043"], ["F044-F058", "M011"],
                 ["M012-M027"], ["M028-M043"]]
@@ -79,3 +80,64 @@ def test_split_from_config_file(fer, bu_videos, tmp_path):
     splits = json.loads((tmp_path / "work/split/splits.json").read_text())
     assert splits["subjects"]["test"] == ["F001", "M001"]
     assert splits["subjects"]["folds"] == [["F002", "F003"], ["M002", "M003"]]
+
+
+def test_subject_split_of_ten_subjects_into_four_folds():
+    """JAFFE: 10 subjects; test_fraction 0.2 holds out 2, the other 8 fill 4 folds."""
+    counts = {s: 18 + (k % 3) for k, s in enumerate(
+        ["KA", "KL", "KM", "KR", "MK", "NA", "NM", "TM", "UY", "YM"])}
+    split = make_split(counts, folds=4, test_fraction=0.2, seed=42)
+    assert len(split["test"]) == 2
+    assert [len(f) for f in split["folds"]] == [2, 2, 2, 2]
+    assert sorted(split["test"] + sum(split["folds"], [])) == sorted(counts)
+
+
+def _labelled_items():
+    sizes = {"angry": 20, "happy": 13, "sad": 7}
+    return [(f"{label}_{i:02d}", label) for label, n in sizes.items() for i in range(n)], sizes
+
+
+def test_stratified_split_is_balanced_per_class_and_deterministic():
+    items, sizes = _labelled_items()
+    a = make_stratified_split(items, folds=5, test_fraction=0.2, seed=3)
+    assert a == make_stratified_split(list(reversed(items)), folds=5, test_fraction=0.2,
+                                      seed=3)
+    assert a != make_stratified_split(items, folds=5, test_fraction=0.2, seed=4)
+    placed = a["test"] + sum(a["folds"], [])
+    assert sorted(placed) == sorted(i for i, _ in items)  # every item exactly once
+    label_of = dict(items)
+    test_counts = Counter(label_of[i] for i in a["test"])
+    assert test_counts == {label: round(n * 0.2) for label, n in sizes.items()}
+    for label in sizes:  # each class spread over the folds to within one item
+        per_fold = [sum(label_of[i] == label for i in fold) for fold in a["folds"]]
+        assert max(per_fold) - min(per_fold) <= 1, (label, per_fold)
+    loads = [len(f) for f in a["folds"]]
+    assert max(loads) - min(loads) <= 1
+
+
+def test_stratified_split_refuses_too_few_items():
+    with pytest.raises(ConfigError, match="split.folds=5 but only 3 training items"):
+        make_stratified_split([("a", "x"), ("b", "x"), ("c", "y")], folds=5,
+                              test_fraction=0.0, seed=0)
+
+
+def test_split_stage_stratified(fer, bu_videos, tmp_path):
+    assert fer("index", bu_videos).exit_code == 0
+    result = fer("split", "--set", "split.method=stratified", "--set", "split.folds=2",
+                 "--set", "split.test_fraction=0.34")
+    assert result.exit_code == 0, result.output
+    assert "stratified by class, not subject-independent" in result.output
+    splits = json.loads((tmp_path / "work/split/splits.json").read_text())
+    assert splits["method"] == "stratified" and splits["subject_independent"] is False
+    assert splits["counts"] == {"test": 6, "folds": [6, 6]}  # 2 of each of the 3 labels
+    labels = lambda ids: Counter(i.split("_")[1].lower() for i in ids)  # noqa: E731
+    assert labels(splits["items"]["test"]) == {"happy": 2, "sad": 2, "angry": 2}
+    assert all(labels(f) == {"happy": 2, "sad": 2, "angry": 2}
+               for f in splits["items"]["folds"])
+    rows = (tmp_path / "work/split/split.csv").read_text().splitlines()
+    assert rows[0] == "item_id,subject,label,part" and len(rows) == 19
+
+    result = fer("split", "--set", "split.method=stratified",
+                 "--set", "split.fold_subjects=[[F001], [F002]]")
+    assert result.exit_code == 2
+    assert "split.method is stratified" in result.output

@@ -1,6 +1,8 @@
 """Algorithm 1 (thesis 3.2.1) branch by branch, the score sources and the trim plots."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -15,9 +17,13 @@ from fercli.plots import (
 from fercli.vision.trim import (
     TrimResult,
     apply_override,
+    ends_at_apex,
+    falls_after_start,
     load_overrides,
     motion_scores,
     openface_scores,
+    trim_clip,
+    trim_onset,
     trim_range,
 )
 
@@ -150,6 +156,93 @@ def test_override_keeps_the_chosen_range():
 def test_override_outside_the_clip_fails_the_item(first, last):
     with pytest.raises(ItemError, match="60 frames"):
         apply_override(60, first, last)
+
+
+# --- expression courses (trim.shape) -----------------------------------------------------
+
+
+def test_onset_apex_cuts_the_neutral_onset_and_keeps_the_apex_at_the_end():
+    # n=30, CK+-like: neutral 0-9 (0.1), rising 10-14 (0.4), apex 15-29 (1.0). Threshold 0.5:
+    # frames 0-14 are below it, the cap floor(30 x 0.5) = 15 allows all 15 cuts.
+    scores = curve(30, 1.0, (0, 10, 0.1), (10, 15, 0.4))
+    assert trim_onset(scores) == TrimResult(15, 29, "trimmed", 0.5, 1.0, 15, 0, "onset-apex")
+    # Algorithm 1 refuses this clip: its maximum lies in the last 20 frames.
+    assert trim_range(scores).status == "anomaly"
+
+
+def test_onset_apex_never_cuts_the_end_and_respects_the_cap():
+    # The apex (frame 20) fades to 0.3 by the end: still nothing goes at the end.
+    scores = curve(40, 0.3, (0, 12, 0.1), (12, 20, 0.8), (20, 21, 1.0), (21, 30, 0.8))
+    result = trim_onset(scores)
+    assert (result.first, result.last, result.n_cut_end) == (12, 39, 0)
+    # A long neutral onset is capped at floor(n x max_cut_ratio) frames.
+    long_onset = curve(20, 1.0, (0, 16, 0.0))
+    assert trim_onset(long_onset).first == 10
+    assert trim_onset(long_onset, max_cut_ratio=0.25).first == 5
+
+
+def test_onset_apex_anomaly_is_a_curve_that_falls_instead_of_rising():
+    # Maximum in the first frames, the end back below the threshold: flagged, kept whole.
+    falling = curve(30, 0.1, (0, 4, 0.2), (4, 6, 1.0))
+    assert falls_after_start(falling)
+    assert trim_onset(falling) == TrimResult(0, 29, "anomaly", 0.5, 1.0, 0, 0, "onset-apex")
+    # A maximum at the very end is what onset-apex clips are for: never an anomaly here.
+    rising = curve(30, 0.1, (25, 30, 0.8), (29, 30, 1.0))
+    assert not falls_after_start(rising) and trim_onset(rising).status == "trimmed"
+    # An early maximum with the expression still on at the end is a rise, not a fall.
+    early_but_held = curve(30, 0.7, (0, 3, 0.1), (5, 6, 1.0))
+    assert trim_onset(early_but_held).status == "trimmed"
+
+
+def test_ends_at_apex_reads_the_median_of_the_last_three_frames():
+    assert ends_at_apex(curve(20, 0.1, (10, 20, 1.0)))
+    assert ends_at_apex(curve(20, 0.1, (10, 19, 1.0)))  # one dip at the last frame
+    assert not ends_at_apex(curve(20, 0.1, (10, 18, 1.0)))
+
+
+def test_auto_chooses_onset_apex_for_a_clip_that_ends_at_the_apex():
+    scores = curve(30, 1.0, (0, 10, 0.1), (10, 15, 0.4))
+    result = trim_clip(scores, "auto")
+    assert result == trim_onset(scores)
+    assert (result.shape, result.status, result.last) == ("onset-apex", "trimmed", 29)
+
+
+def test_auto_chooses_algorithm_1_for_a_clip_that_returns_to_neutral():
+    scores = curve(100, 0.6, (0, 20, 0.1), (20, 50, 1.0), (80, 100, 0.1))
+    result = trim_clip(scores, "auto")
+    assert result.shape == "onset-apex-offset"
+    assert result == replace(trim_range(scores), shape="onset-apex-offset")
+    assert result.n_cut_end >= 10
+
+
+def test_auto_flags_only_clips_that_fit_neither_course():
+    # A spike 15 frames before the end, back to neutral after it: not ended at the apex,
+    # and Algorithm 1 refuses a maximum in the last 20 frames.
+    late_spike = curve(60, 0.1, (44, 47, 1.0))
+    assert trim_clip(late_spike, "auto").status == "anomaly"
+    # Each course alone: a CK+-like clip is an anomaly only for Algorithm 1 ...
+    ck = curve(30, 1.0, (0, 10, 0.1))
+    assert trim_clip(ck, "onset-apex-offset").status == "anomaly"
+    assert trim_clip(ck, "auto").status == "trimmed"
+    # ... and a clip that peaks early and falls is one only for onset-apex.
+    bu = curve(80, 0.1, (10, 30, 1.0))
+    assert trim_clip(bu, "onset-apex").status == "anomaly"
+    assert trim_clip(bu, "auto").status == "trimmed"
+
+
+@pytest.mark.parametrize("shape", ["auto", "onset-apex-offset", "onset-apex"])
+def test_a_one_frame_clip_is_a_still_kept_whole(shape):
+    assert trim_clip([0.0], shape) == TrimResult(0, 0, "still", 0.0, 0.0, 0, 0)
+    assert trim_clip([2.0], shape).status == "still"
+
+
+def test_forced_shapes_and_a_bad_shape():
+    scores = curve(100, 0.6, (0, 20, 0.1), (20, 50, 1.0))
+    assert trim_clip(scores, "onset-apex-offset").shape == "onset-apex-offset"
+    assert trim_clip(scores, "onset-apex").n_cut_end == 0
+    assert trim_clip([0.0] * 5, "onset-apex").status == "flat"
+    with pytest.raises(ValueError, match="onset-apex"):
+        trim_clip(scores, "apex")
 
 
 # --- OpenFace scores ---------------------------------------------------------------------

@@ -16,6 +16,8 @@ from fercli.errors import ConfigError, FerError, ItemError
 from fercli.vision.clipio import ClipWriter, iter_clip, read_clip, temp_path_for, write_boxes_csv
 from fercli.vision.detect import (
     Box,
+    Detection,
+    FullFrameDetector,
     HaarDetector,
     YuNetDetector,
     detect_first_face,
@@ -25,9 +27,11 @@ from fercli.vision.detect import (
 )
 from fercli.vision.track import (
     TRACKERS,
+    BoxSmoother,
     FaceTracker,
     compare_trackers,
     crop_face,
+    full_frames,
     make_tracker,
     track_faces,
 )
@@ -219,7 +223,7 @@ def test_lost_face_is_held_then_redetected(haar):
     assert sources[15:18] == ["hold", "redetect", "track"]
     assert tracked[15].box == tracked[14].box
     assert iou(tracked[16].box, truth[16]) > 0.8
-    assert tracked[15].row == (15, *tracked[14].box, "hold")
+    assert tracked[15].row == (15, *tracked[14].row[1:5], "hold")
 
 
 def test_face_gone_for_good_fails_after_the_allowed_tries(haar):
@@ -237,9 +241,109 @@ def test_crop_is_resized_and_grey_on_request():
     frame = frame_with_head(0, 0)
     face = crop_face(frame, Box(47, 46, 95, 105), 160, color=False)
     assert face.shape == (160, 160) and face.dtype == np.uint8
-    small = crop_face(frame, Box(47, 46, 95, 105), 48, color=True)
+    small = crop_face(frame, Box(47, 46, 95, 105), 48, color=True).astype(float)
     expected = cv2.resize(frame[46:151, 47:142], (48, 48), interpolation=cv2.INTER_AREA)
-    assert np.array_equal(small, expected)
+    assert np.abs(small - expected).mean() < 1.0  # the pixel averaging of a plain resize
+
+
+def test_fractional_crop_is_continuous_in_the_box():
+    # Whole and fractional boxes share one resampling: a box moved by 1/100 px changes the
+    # crop by about that much, and one moved by half a pixel lands between the neighbours.
+    frame = frame_with_head(0, 0)
+    base = crop_face(frame, Box(47, 46, 95, 105), 64, True).astype(float)
+    nudged = crop_face(frame, Box(47.01, 46, 95, 105), 64, True).astype(float)
+    half = crop_face(frame, Box(47.5, 46, 95, 105), 64, True).astype(float)
+    whole = crop_face(frame, Box(48, 46, 95, 105), 64, True).astype(float)
+    assert np.abs(nudged - base).mean() < 0.05 * np.abs(whole - base).mean()
+    assert np.abs(half - (base + whole) / 2).mean() < 0.3 * np.abs(whole - base).mean()
+
+
+# --- steady crops of a still face ------------------------------------------------------------
+
+# The astronaut's head enlarged 3x: a ~285 px face, so tracking runs on frames halved twice.
+BIG_HEAD = cv2.resize(HEAD, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+
+
+def still_face_frames(n_frames: int = 12, sigma: float = 2.0) -> list[np.ndarray]:
+    """One frame of a large still face, repeated with fresh Gaussian sensor noise."""
+    frame = blank(700, 720)
+    frame[30:30 + BIG_HEAD.shape[0], 45:45 + BIG_HEAD.shape[1]] = BIG_HEAD
+    rng = np.random.default_rng(11)
+    return [np.clip(frame + rng.normal(0, sigma, frame.shape), 0, 255).astype(np.uint8)
+            for _ in range(n_frames)]
+
+
+def crop_change(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute grey change between two crops, blurred like trim's motion score."""
+    def grey(face):
+        return cv2.GaussianBlur(cv2.cvtColor(face, cv2.COLOR_BGR2GRAY).astype(np.float32),
+                                (0, 0), 1.5)
+    return float(np.abs(grey(a) - grey(b)).mean())
+
+
+@pytest.mark.parametrize(("smooth", "allowed"), [(0.0, 1.4), (0.7, 1.1)])
+def test_still_face_gives_still_boxes_and_crops_from_frame_0_on(smooth, allowed):
+    frames = still_face_frames()
+    # A start box off the 4 px grid of the twice-halved tracking frame, as a detection gives.
+    box = Box(45 + 3 * 47 + 2, 30 + 3 * 46 + 1, 3 * 95 + 1, 3 * 95 + 3)
+    assert FaceTracker("medianflow", box).halvings == 2
+    tracked = list(track_faces(frames, Detection(0, box, box), size=160, smooth=smooth))
+    assert [t.source for t in tracked] == ["detect"] + ["track"] * (len(frames) - 1)
+    # Boxes do not move: well under a pixel from the detection box, frame 1 included.
+    drift = max(max(abs(a - b) for a, b in zip(t.box, box)) for t in tracked)
+    assert drift < 0.3, [t.box for t in tracked[:3]]
+    # Consecutive crops differ by sensor noise only: the same box cut from each frame.
+    noise_level = np.mean([crop_change(crop_face(a, box, 160, True), crop_face(b, box, 160, True))
+                           for a, b in zip(frames, frames[1:])])
+    changes = [crop_change(a.face, b.face) for a, b in zip(tracked, tracked[1:])]
+    assert max(changes) < allowed * noise_level, (changes, noise_level)
+    # What scaling the reduced rect back did: the box snapped to the 4 px grid at frame 1,
+    # a change of about 15x the noise.
+    snapped = Box(*((v >> 2) << 2 for v in box))
+    jump = crop_change(tracked[0].face, crop_face(frames[1], snapped, 160, True))
+    assert jump > 5 * noise_level
+
+
+def test_smoother_stills_a_wobbling_box_and_follows_a_moving_one():
+    rng = np.random.default_rng(5)
+    smoother = BoxSmoother(0.7)
+    smoother.reset(Box(100, 100, 300, 300))
+    still = [smoother.update(Box(*(np.array([100, 100, 300, 300]) + rng.normal(0, 0.3, 4))),
+                             720, 720) for _ in range(40)]
+    assert np.std([b.x for b in still[10:]]) < 0.7 * 0.3
+    smoother.reset(Box(100, 100, 300, 300))
+    moving = [smoother.update(Box(100 + 3 * k, 100, 300, 300), 720, 720)
+              for k in range(1, 30)]
+    assert abs(moving[-1].x - (100 + 3 * 29)) < 0.5  # a plain average of 0.7 lags 7 px
+    off = BoxSmoother(0.0)
+    assert off.update(Box(1.5, 2, 3, 4), 10, 10) == Box(1.5, 2, 3, 4)
+    with pytest.raises(ConfigError, match="track.smooth"):
+        BoxSmoother(1.0)
+
+
+def test_tracker_update_gives_whole_pixels_for_drawing():
+    frames, truth = moving_face(3)
+    tracker = FaceTracker("medianflow", truth[0])
+    tracker.start(frames[0], truth[0])
+    box = tracker.update(frames[1])
+    assert all(isinstance(v, int) for v in box)
+    assert iou(box, truth[1]) > 0.8
+
+
+# --- faces already cropped -------------------------------------------------------------------
+
+
+def test_detector_none_takes_the_whole_frame():
+    crops = [cv2.cvtColor(cv2.resize(HEAD[40:160, 40:150], (48, 48)), cv2.COLOR_BGR2GRAY)] * 3
+    frames = [cv2.cvtColor(c, cv2.COLOR_GRAY2BGR) for c in crops]
+    detection = detect_first_face(frames, make_detector("none"))
+    assert isinstance(make_detector("none"), FullFrameDetector)
+    assert (detection.frame_index, detection.box) == (0, Box(0, 0, 48, 48))
+    out = list(full_frames(frames, size=64, color=False))
+    assert [t.source for t in out] == ["full"] * 3
+    assert [t.row for t in out][0] == (0, 0, 0, 48, 48, "full")
+    assert out[0].face.shape == (64, 64)
+    assert np.abs(out[0].face - cv2.resize(crops[0], (64, 64)).astype(float)).max() <= 2
 
 
 def test_compare_trackers_counts_failures_and_speed(haar, tmp_path):

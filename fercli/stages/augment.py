@@ -14,7 +14,6 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..config import params_hash
 from ..engine import Context, Item, ItemOutput, Stage
 from ..vision.clipio import ClipWriter, iter_clip
 from .split import load_splits
@@ -60,7 +59,7 @@ class AugmentStage(Stage):
         return [item for item in ctx.upstream_item_list("trim") if item.id in training]
 
     def process_item(self, ctx: Context, item: Item) -> ItemOutput:
-        from ..augment import augment_sequence
+        from ..augment import augment_sequence, sequence_seed
 
         params, track = ctx.params["augment"], ctx.params["track"]
         info = item.payload
@@ -70,7 +69,7 @@ class AugmentStage(Stage):
         for method in methods:
             out = ctx.stage.path("clips", f"{item.id}@{method}{suffix}")
             out.parent.mkdir(parents=True, exist_ok=True)
-            seed = int(params_hash([ctx.params["seed"], item.id, method]), 16) % 2**31
+            seed = sequence_seed(ctx.params["seed"], item.id, method)
             frames = kept_frames(info["clip"], info["first"], info["last"], track["color"])
             with ClipWriter(out, track["size"], track["color"], info["fps"],
                             track["codec"]) as writer:

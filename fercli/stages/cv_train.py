@@ -17,7 +17,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from ..config import Config, params_hash
+from ..config import MODEL_LEARNING_RATES, THESIS_LEARNING_RATE, Config, params_hash
 from ..engine import Context, Item, ItemOutput, Stage
 from ..workspace import atomic_write_json, atomic_write_text, read_json
 from .split import load_splits
@@ -81,6 +81,7 @@ class TrainingData:
 
         self.params = params
         self.clip = is_clip_model(params["model"])
+        self.identity = False  # set below for feature models (fercli.identity)
         self.max_frames = params["max_frames"]
         self.n_folds = len(load_splits(workdir)["items"]["folds"])
         if self.clip:
@@ -89,9 +90,14 @@ class TrainingData:
             self.input_shape = (self.max_frames, params["clip_size"], params["clip_size"],
                                 channels)
         else:
+            from ..identity import use_identity
+
             self.store_path = workdir / "extract" / "features.h5"
             self.table = FeatureStore(self.store_path)
             self.input_shape = (self.max_frames, self.table.feature_dim)
+            originals = self.table.augment == ""
+            self.identity = self.table.baselines is not None and use_identity(
+                params["identity"], self.table.onsets[originals])
         self.classes = list(self.table.classes)
 
     def fold_rows(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,15 +121,27 @@ class TrainingData:
 
         if not self.clip:
             return feature_dataset(self.store_path, rows, self.max_frames, batch_size,
-                                   shuffle=shuffle, seed=seed)
+                                   shuffle=shuffle, seed=seed, baseline=self.identity)
         clips = [(*self.table.clips[i], int(self.table.labels[i])) for i in rows]
         size = self.params["clip_size"]
         return clip_dataset(clips, len(self.classes), self.max_frames, (size, size),
                             self.params["color"], batch_size, shuffle=shuffle, seed=seed,
                             online_augment=training and self.params["online_augment"])
 
-    def write_probabilities(self, model, rows: np.ndarray, path: Path, batch_size: int) -> float:
-        """Softmax of every row as CSV (name, subject, label, pred, one column per class)."""
+    def class_weight(self, rows: np.ndarray) -> dict[int, float] | None:
+        """``train.class_weight`` for these training rows (None: unweighted)."""
+        from ..training import balanced_class_weights
+
+        if self.params["class_weight"] == "none":
+            return None
+        return balanced_class_weights(self.table.labels[rows], len(self.classes))
+
+    def write_probabilities(self, model, rows: np.ndarray, path: Path,
+                            batch_size: int) -> tuple[float, float]:
+        """Softmax of every row as CSV (name, subject, label, pred, one column per class);
+        returns (accuracy, UAR)."""
+        from ..evaluation import unweighted_average_recall
+
         probs = model.predict(self.dataset(rows, batch_size=batch_size, shuffle=False, seed=0),
                               verbose=0)
         labels = self.table.labels[rows]
@@ -136,13 +154,18 @@ class TrainingData:
                              self.classes[int(np.argmax(probs[i]))],
                              *(f"{p:.6f}" for p in probs[i])])
         atomic_write_text(path, out.getvalue())
-        return float(np.mean(np.argmax(probs, axis=1) == labels))
+        predicted = np.argmax(probs, axis=1)
+        return (float(np.mean(predicted == labels)),
+                unweighted_average_recall(labels, predicted, len(self.classes)))
 
 
 def train_params(config: Config) -> dict:
     """The `train` section resolved: sequence length and colour filled in."""
     params = dict(config["train"])
     params["max_frames"] = params["max_frames"] or config["extract"]["max_frames"]
+    if params["learning_rate"] is None:
+        params["learning_rate"] = MODEL_LEARNING_RATES.get(params["model"],
+                                                           THESIS_LEARNING_RATE)
     params["color"] = config["track"]["color"]
     params["seed"] = config["seed"]
     return params
@@ -163,7 +186,7 @@ def build_fn(data: TrainingData, params: dict):
 
     def build():
         model = build_model(params["model"], params["model_params"], data.input_shape,
-                            len(data.classes))
+                            len(data.classes), baseline=data.identity)
         return compile_model(model, params["learning_rate"])
 
     return build
@@ -184,7 +207,7 @@ def train_fold(data: TrainingData, params: dict, fold: int, run_dir: Path, epoch
             data.dataset(train_rows, batch_size=batch, shuffle=True, seed=seed, training=True),
             data.dataset(val_rows, batch_size=batch, shuffle=False, seed=seed),
             epochs=epochs, seed=seed, tensorboard=params["tensorboard"],
-            early_stopping=early_stopping)
+            early_stopping=early_stopping, class_weight=data.class_weight(train_rows))
     return result, batch, devices
 
 
@@ -232,11 +255,12 @@ class CvTrainStage(Stage):
                                             params["epochs"])
         best = load_model(run_dir / "best.keras")
         val_probs = run_dir / "val_probs.csv"
-        accuracy = data.write_probabilities(best, val_rows, val_probs, batch)
+        accuracy, uar = data.write_probabilities(best, val_rows, val_probs, batch)
         atomic_write_json(run_dir / "devices.json", devices)
         return ItemOutput([run_dir / "best.keras", run_dir / "log.csv", val_probs], info={
             "run": run, "fold": item.payload["fold"], "best_epoch": result.best_epoch,
             "best_val_accuracy": result.best_val_accuracy, "val_accuracy_check": accuracy,
+            "best_val_uar": uar, "identity": data.identity,
             "epochs": result.epochs_run, "train_rows": int(len(train_rows)),
             "val_rows": int(len(val_rows)), "val_subjects": sorted(
                 set(data.table.subjects[val_rows])),
@@ -245,7 +269,7 @@ class CvTrainStage(Stage):
 
     def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
         from ..plots import plot_cv_curves
-        from ..training import mean_curve, read_log
+        from ..training import honest_cv, mean_curve, read_log
 
         done = [r for r in records if r["status"] == "done"]
         if not done:
@@ -266,8 +290,11 @@ class CvTrainStage(Stage):
         final_acc = curve[-1].get("val_accuracy", float("nan")) if curve else float("nan")
         summary_csv = run_root / "summary.csv"
         atomic_write_text(summary_csv, _csv(list(summary[0]), summary))
-        run_info = {"run": run, "model": ctx.params["train"]["model"],
-                    "mean_best_val_accuracy": float(np.mean(accs)),
+        honest = honest_cv(curve)
+        run_info = {"run": run, "model": ctx.params["train"]["model"], **honest,
+                    "identity": bool(done[0]["info"].get("identity")),
+                    # each fold's best epoch, chosen on its own validation data: optimistic
+                    "optimistic_mean_best_val_accuracy": float(np.mean(accs)),
                     "std_best_val_accuracy": float(np.std(accs)),
                     "mean_curve_final_val_accuracy": final_acc,
                     "folds": len(done), "epochs": ctx.params["train"]["epochs"]}
@@ -283,8 +310,12 @@ class CvTrainStage(Stage):
         for s in summary:
             table.add_row(str(s["fold"]), f"{s['best_val_accuracy']:.3f}", str(s["best_epoch"]),
                           str(s["train_rows"]), str(s["val_rows"]))
-        table.add_row("mean", f"{np.mean(accs):.3f} ± {np.std(accs):.3f}", "", "", "")
+        table.add_row("mean of fold bests (optimistic)",
+                      f"{np.mean(accs):.3f} ± {np.std(accs):.3f}", "", "", "")
         console.print(table)
+        console.print(f"cv-train {run}: CV accuracy {honest['cv_accuracy']:.3f}, UAR "
+                      f"{honest['cv_uar']:.3f} (mean over folds at epoch {honest['cv_epoch']},"
+                      " the mean curve's best)")
         console.print(f"mean curve: {curve_png}")
         return [curve_csv, curve_png, summary_csv, run_json, config_yaml, classes_json]
 

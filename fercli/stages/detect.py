@@ -1,7 +1,9 @@
 """`fer detect`: find the one face of each item in its first frames (thesis 3.2.1).
 
 Detection runs once per video, on the first ``detect.frames_allowed`` frames; tracking then
-follows the face (paper 000 sec. 2.2), which is what makes the preprocessing fast.
+follows the face (paper 000 sec. 2.2), which is what makes the preprocessing fast. With
+``detect.detector: none`` (footage that is already face crops) the box is the whole of
+frame 0 and no detector runs.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from ..workspace import atomic_write_text
 
 def detector_from_params(params: dict) -> FaceDetector:
     """Build the configured detector (shared by detect, track's re-detection and predict)."""
+    if params["detector"] == "none":
+        return make_detector("none")
     if params["detector"] == "yunet":
         if not params["model_path"]:
             raise ConfigError("detect.model_path is not set for detector `yunet`",
@@ -34,7 +38,8 @@ def detector_from_params(params: dict) -> FaceDetector:
 
 class DetectStage(Stage):
     name = "detect"
-    help = "Find the single face of every item in its first frames (Haar cascade)."
+    help = ("Find the single face of every item in its first frames (Haar cascade; "
+            "detector none: the whole frame).")
     upstream = ("index",)
     cpu_parallel = True
     sections = ("detect",)

@@ -18,6 +18,8 @@ from rich.console import Console
 from ..config import params_hash
 from ..engine import Context, Item, ItemOutput, Stage
 from ..featurestore import FeatureStoreWriter, Row
+from ..identity import BASELINE_FRAMES, onset_baseline
+from ..vision.clipio import iter_clip
 from ..workspace import atomic_path, read_json
 from .augment import kept_frames
 from .split import load_splits
@@ -65,6 +67,7 @@ class ExtractStage(Stage):
             section["backbone"] = str(config.resolve_path(backbone))
         params["extract"] = section
         params["color"] = config["track"]["color"]
+        params["seed"] = config["seed"]  # augmented baselines redo augment's transform
         return params
 
     def item_params(self, params: dict) -> dict:
@@ -78,14 +81,17 @@ class ExtractStage(Stage):
             info = item.payload
             items.append(Item(item.id, item.fingerprint,
                               {"clip": info["clip"], "first": info["first"],
-                               "last": info["last"], "source": item.id, "augment": ""}))
+                               "last": info["last"], "source": item.id, "augment": "",
+                               "source_clip": info["clip"]}))
         if ctx.params["extract"]["augmented"]:
+            trimmed = ctx.upstream_items("trim")
             for source, rec in ctx.upstream_items("augment").items():
                 for method, out in zip(rec["info"]["methods"], rec["outputs"]):
                     items.append(Item(f"{source}@{method}", out["sha256"],
                                       {"clip": str(ctx.workdir / out["path"]), "first": 0,
                                        "last": rec["info"]["n_frames"] - 1, "source": source,
-                                       "augment": method}))
+                                       "augment": method,
+                                       "source_clip": trimmed[source]["info"]["clip"]}))
         return items
 
     def process_item(self, ctx: Context, item: Item) -> ItemOutput:
@@ -94,12 +100,32 @@ class ExtractStage(Stage):
         extractor = feature_extractor(params, ctx.params["color"])
         frames = kept_frames(info["clip"], info["first"], info["last"], ctx.params["color"])
         features = extract_sequence(frames, extractor, params["batch_size"])
+        baseline = onset_baseline(extract_sequence(
+            self._onset_frames(ctx, info), extractor, params["batch_size"]))
         out = ctx.stage.path("items", f"{item.id}.npy")
+        baseline_out = ctx.stage.path("items", f"{item.id}.baseline.npy")
         with atomic_path(out) as tmp:
             np.save(tmp, features.astype(params["dtype"]))
-        return ItemOutput([out], info={"source": info["source"], "augment": info["augment"],
-                                       "n_frames": len(features),
-                                       "feature_dim": int(features.shape[1])})
+        with atomic_path(baseline_out) as tmp:
+            np.save(tmp, baseline.astype(params["dtype"]))
+        return ItemOutput([out, baseline_out], info={
+            "source": info["source"], "augment": info["augment"], "n_frames": len(features),
+            "onset": int(info["first"]) if not info["augment"] else None,
+            "feature_dim": int(features.shape[1])})
+
+    @staticmethod
+    def _onset_frames(ctx: Context, info: dict):
+        """The first frames of the source clip (its neutral onset), transformed like the
+        augmented clip when the row is one (augment's one transform per sequence)."""
+        from itertools import islice
+
+        onset = islice(iter_clip(info["source_clip"], ctx.params["color"]), BASELINE_FRAMES)
+        if not info["augment"]:
+            return onset
+        from ..augment import augment_sequence, sequence_seed
+
+        seed = sequence_seed(ctx.params["seed"], info["source"], info["augment"])
+        return augment_sequence(onset, info["augment"], seed)
 
     def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
         params = ctx.params["extract"]
@@ -111,6 +137,8 @@ class ExtractStage(Stage):
                      for i in fold})
         classes = read_json(ctx.workdir / "index" / "classes.json", "classes.json")
         dim = done[0]["info"]["feature_dim"] if done else 0
+        trim_first = {i: r["info"]["first"] for i, r in ctx.upstream_items("trim").items()
+                      if r.get("info")}
         store_path = ctx.stage.path("features.h5")
         attrs = {"backbone": params["backbone"], "layer": str(params["layer"]),
                  "weights": str(params["weights"]), "max_frames": params["max_frames"],
@@ -122,8 +150,11 @@ class ExtractStage(Stage):
                 row = Row(r["id"], source, meta[source]["subject"],
                           classes.index(meta[source]["label"]), r["info"]["augment"],
                           part.get(source, "unassigned"))
-                writer.add(row, np.load(ctx.workdir / r["outputs"][0]["path"],
-                                        allow_pickle=False))
+                features, baseline = (np.load(ctx.workdir / o["path"], allow_pickle=False)
+                                      for o in r["outputs"][:2])
+                onset = r["info"].get("onset")
+                writer.add(row, features, baseline,
+                           onset=trim_first.get(source, 0) if onset is None else onset)
         n_aug = sum(bool(r["info"]["augment"]) for r in done)
         console.print(f"extract: features.h5 holds {len(done)} sequences ({n_aug} augmented), "
                       f"{dim} features per frame from {params['backbone']}")

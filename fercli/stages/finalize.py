@@ -93,7 +93,8 @@ class FinalizeStage(Stage):
                             data.dataset(data.final_rows(), batch_size=batch, shuffle=True,
                                          seed=params["seed"], training=True),
                             None, epochs=epochs, seed=params["seed"],
-                            tensorboard=params["tensorboard"])
+                            tensorboard=params["tensorboard"],
+                            class_weight=data.class_weight(data.final_rows()))
         state = read_json(final_dir / "state.json", "state.json")
         model_path = run_root / "model.keras"
         with atomic_path(model_path) as tmp:
@@ -108,13 +109,15 @@ class FinalizeStage(Stage):
                 "input_shape": list(data.input_shape), "devices": devices,
                 "backbone": None if data.clip else ExtractStage().params(ctx.config)["extract"],
                 "clip_size": params["clip_size"] if data.clip else None,
-                "color": params["color"], "max_frames": params["max_frames"]}
+                "color": params["color"], "max_frames": params["max_frames"],
+                "identity": data.identity}
         if len(test_rows):
-            info["test_accuracy"] = data.write_probabilities(model, test_rows, test_csv, batch)
+            info["test_accuracy"], info["test_uar"] = data.write_probabilities(
+                model, test_rows, test_csv, batch)
             info["test_rows"] = int(len(test_rows))
             outputs.append(test_csv)
-            console.print(f"finalize: test accuracy {info['test_accuracy']:.3f} on "
-                          f"{len(test_rows)} items -> {test_csv}")
+            console.print(f"finalize: test accuracy {info['test_accuracy']:.3f}, UAR "
+                          f"{info['test_uar']:.3f} on {len(test_rows)} items -> {test_csv}")
         model_json = run_root / "model.json"
         atomic_write_json(model_json, info)
         config_yaml = run_root / "config.yaml"

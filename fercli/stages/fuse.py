@@ -1,7 +1,8 @@
 """`fer fuse`: late fusion of the softmax outputs of finalized runs (thesis 3.2.6).
 
-Methods: ``average`` of the scores, ``weighted`` average with each run's mean CV validation
-accuracy as its weight (thesis eq. 3.2), and ``max`` (class-wise maximum, renormalised).
+Methods: ``average`` of the scores, ``weighted`` average with each run's CV accuracy (mean
+over folds at the mean curve's best epoch) as its weight (thesis eq. 3.2), and ``max``
+(class-wise maximum, renormalised).
 Every combination is scored on the runs' cross-validation outputs (so a combination can be
 chosen without touching the test set) and on the test set: the thesis's Table 3.7.
 """
@@ -20,7 +21,7 @@ from rich.table import Table
 
 from ..config import Config
 from ..engine import Context, Item, ItemOutput, Stage
-from ..errors import ConfigError, InputError, MissingUpstreamError
+from ..errors import ConfigError, MissingUpstreamError
 from ..workspace import atomic_write_text, read_json
 
 METHODS = ("average", "weighted", "max")
@@ -91,17 +92,15 @@ class FuseStage(Stage):
         else:
             combos = [c for k in range(2, min(params["max_size"], len(names)) + 1)
                       for c in itertools.combinations(names, k)]
-        if not combos:
-            raise InputError(f"fusion needs at least two finalized runs; found "
-                             f"{len(names)}", path=ctx.workdir / "finalize" / "runs",
-                             hint="Finalize another model (e.g. --set train.model=lstm)")
+        if not combos:  # one model is the common first experiment: nothing to fuse
+            return []
         fingerprint = {r: runs[r] for r in names}
         return [Item(hashlib.sha256("+".join(c).encode()).hexdigest()[:12],
                      {r: fingerprint[r].get("test_accuracy") for r in c},
                      {"runs": list(c)}) for c in combos]
 
     def process_item(self, ctx: Context, item: Item) -> ItemOutput:
-        from ..evaluation import load_probabilities, save_probabilities
+        from ..evaluation import load_probabilities, save_probabilities, unweighted_average_recall
 
         runs = item.payload["runs"]
         classes = read_json(ctx.workdir / "index" / "classes.json", "classes.json")
@@ -110,14 +109,17 @@ class FuseStage(Stage):
         test = [load_probabilities(ctx.workdir / "finalize" / "runs" / r / "test_probs.csv",
                                    classes) for r in runs]
         weights = [read_json(ctx.workdir / "cv-train" / "runs" / r / "run.json", "run.json")
-                   ["mean_best_val_accuracy"] for r in runs]
+                   ["cv_accuracy"] for r in runs]
         cv, test = _align(cv), _align(test)
         files, rows = [], []
         for method in ctx.params["fuse"]["methods"]:
             row = {"combination": " + ".join(runs), "method": method, "runs": len(runs)}
             for split, tables in (("cv", cv), ("test", test)):
                 fused = fuse_scores([t.probs for t in tables], method, weights)
-                row[f"{split}_accuracy"] = float(np.mean(fused.argmax(1) == tables[0].labels))
+                predicted = fused.argmax(1)
+                row[f"{split}_accuracy"] = float(np.mean(predicted == tables[0].labels))
+                row[f"{split}_uar"] = unweighted_average_recall(tables[0].labels, predicted,
+                                                                len(classes))
                 if split == "test":
                     out = ctx.stage.path("fusions", fusion_name(tuple(runs), method),
                                          "test_probs.csv")
@@ -132,17 +134,26 @@ class FuseStage(Stage):
         table_csv = ctx.stage.path("fusion_table.csv")
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=["combination", "method", "runs",
-                                                    "cv_accuracy", "test_accuracy"],
-                                lineterminator="\n")
+                                                    "cv_accuracy", "cv_uar", "test_accuracy",
+                                                    "test_uar"],
+                                lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(table_csv, buffer.getvalue())
+        if not records:
+            runs = ctx.params["fuse"]["runs"] or sorted(finalized_runs(ctx.workdir))
+            console.print(f"fuse: skipped: {len(runs)} finalized run ({', '.join(runs)}); "
+                          "fusion needs two or more (finalize another model, e.g. "
+                          "--set train.model=lstm)")
+            return [table_csv]
         table = Table(title="Late fusion (thesis Table 3.7), sorted by CV accuracy")
-        for col in ("combination", "method", "CV acc", "test acc"):
+        for col in ("combination", "method", "CV acc", "CV UAR", "test acc", "test UAR"):
             table.add_column(col)
         for row in rows[:20]:
             table.add_row(row["combination"], row["method"], f"{row['cv_accuracy']:.3f}",
-                          f"{row['test_accuracy']:.3f}")
+                          f"{row.get('cv_uar', float('nan')):.3f}",
+                          f"{row['test_accuracy']:.3f}",
+                          f"{row.get('test_uar', float('nan')):.3f}")
         console.print(table)
         return [table_csv]
 

@@ -1,9 +1,15 @@
-"""`fer split`: subject-independent test set and k folds, written once to splits.json.
+"""`fer split`: test set and k folds, written once to splits.json.
 
-Every subject lands in exactly one place (test or one fold), so no person is seen in both
-training and evaluation (thesis 3.2.2). Folds are balanced by item count, deterministic for
-a seed; or taken verbatim from the config to reproduce a published split (thesis
-Figure 3.6, shipped as configs/bu4dfe-thesis.yaml).
+``split.method: subject`` (default): every subject lands in exactly one place (test or one
+fold), so no person is seen in both training and evaluation (thesis 3.2.2). Folds are
+balanced by item count, deterministic for a seed; or taken verbatim from the config to
+reproduce a published split (thesis Figure 3.6, shipped as configs/bu4dfe-thesis.yaml).
+
+``split.method: stratified``: stratified k-fold over items, as seed 003 does for stills
+(sec. 2.1: a random 20 % test share, 5 folds, each part keeping the class proportions of
+the whole set; sec. 3.1: one fixed random state). It ignores subjects, so one person can
+be in the test set and in a training fold: use it for datasets without subject ids
+(FER2013-style folders), never to report subject-independent results.
 """
 from __future__ import annotations
 
@@ -97,6 +103,38 @@ def make_split(subject_items: dict[str, int], *, folds: int, test_fraction: floa
     return {"test": sorted(test), "folds": [sorted(f) for f in fold_lists], "unassigned": []}
 
 
+def make_stratified_split(items: list[tuple[str, str]], *, folds: int, test_fraction: float,
+                          seed: int) -> dict:
+    """Pure stratified split of (item_id, label) -> {"test": [...], "folds": [[...], ...]}.
+
+    Per class (in name order) the items are shuffled by the seed; round(n * test_fraction)
+    go to the test set, the rest are dealt one by one to the fold with the fewest items of
+    that class so far (ties: fewest items overall, then lowest index), so every fold holds
+    each class's items to within one (seed 003 sec. 2.1).
+    """
+    by_class: dict[str, list[str]] = {}
+    for item_id, label in sorted(items):
+        by_class.setdefault(label, []).append(item_id)
+    n_train = sum(len(ids) - round(len(ids) * test_fraction) for ids in by_class.values())
+    if n_train < folds:
+        raise ConfigError(f"split.folds={folds} but only {n_train} training items",
+                          hint="Lower split.folds or split.test_fraction")
+    rng = random.Random(seed)
+    test: list[str] = []
+    fold_lists: list[list[str]] = [[] for _ in range(folds)]
+    for label in sorted(by_class):
+        ids = by_class[label]
+        rng.shuffle(ids)
+        n_test = round(len(ids) * test_fraction)
+        test += ids[:n_test]
+        of_class = [0] * folds
+        for item_id in ids[n_test:]:
+            k = min(range(folds), key=lambda i: (of_class[i], len(fold_lists[i]), i))
+            fold_lists[k].append(item_id)
+            of_class[k] += 1
+    return {"test": sorted(test), "folds": [sorted(f) for f in fold_lists]}
+
+
 def _refuse_duplicates(test: list[str], folds: list[list[str]]) -> None:
     places = Counter(test + sum(folds, []))
     twice = sorted(s for s, n in places.items() if n > 1)
@@ -107,7 +145,7 @@ def _refuse_duplicates(test: list[str], folds: list[list[str]]) -> None:
 
 class SplitStage(Stage):
     name = "split"
-    help = "Subject-independent test set and k cross-validation folds (splits.json)."
+    help = "Test set and k cross-validation folds, by subject or stratified (splits.json)."
     upstream = ("index",)
     sections = ("split",)
     shardable = False
@@ -126,15 +164,33 @@ class SplitStage(Stage):
     def process_item(self, ctx: Context, item: Item) -> ItemOutput:
         rows = item.payload["rows"]
         p = ctx.params["split"]
-        split = make_split(Counter(r["subject"] for r in rows), folds=p["folds"],
-                           test_fraction=p["test_fraction"], seed=p["seed"],
-                           test_subjects=p["test_subjects"], fold_subjects=p["fold_subjects"])
-        place = {s: "test" for s in split["test"]}
-        place.update({s: f"fold-{k}" for k, fold in enumerate(split["folds"]) for s in fold})
+        stratified = p["method"] == "stratified"
+        if stratified:
+            if p["test_subjects"] is not None or p["fold_subjects"] is not None:
+                raise ConfigError("split.test_subjects / split.fold_subjects list subjects, "
+                                  "but split.method is stratified (by item)",
+                                  hint="Set split.method=subject, or drop the subject lists")
+            by_item = make_stratified_split([(r["item_id"], r["label"]) for r in rows],
+                                            folds=p["folds"], test_fraction=p["test_fraction"],
+                                            seed=p["seed"])
+            place = {i: "test" for i in by_item["test"]}
+            place.update({i: f"fold-{k}" for k, fold in enumerate(by_item["folds"])
+                          for i in fold})
+            subject_of = {r["item_id"]: r["subject"] for r in rows}
+            split = {"test": sorted({subject_of[i] for i in by_item["test"]}),
+                     "folds": [sorted({subject_of[i] for i in fold})
+                               for fold in by_item["folds"]], "unassigned": []}
+        else:
+            split = make_split(Counter(r["subject"] for r in rows), folds=p["folds"],
+                               test_fraction=p["test_fraction"], seed=p["seed"],
+                               test_subjects=p["test_subjects"],
+                               fold_subjects=p["fold_subjects"])
+            place = {s: "test" for s in split["test"]}
+            place.update({s: f"fold-{k}" for k, fold in enumerate(split["folds"]) for s in fold})
         items = {"test": [], "folds": [[] for _ in split["folds"]], "unassigned": []}
         table_rows = []
         for r in rows:
-            where = place.get(r["subject"], "unassigned")
+            where = place.get(r["item_id"] if stratified else r["subject"], "unassigned")
             if where == "test":
                 items["test"].append(r["item_id"])
             elif where == "unassigned":
@@ -142,7 +198,8 @@ class SplitStage(Stage):
             else:
                 items["folds"][int(where.split("-")[1])].append(r["item_id"])
             table_rows.append(f"{r['item_id']},{r['subject']},{r['label']},{where}")
-        splits = {"seed": p["seed"], "subjects": split, "items": items,
+        splits = {"seed": p["seed"], "method": p["method"],
+                  "subject_independent": not stratified, "subjects": split, "items": items,
                   "counts": {"test": len(items["test"]),
                              "folds": [len(f) for f in items["folds"]]}}
         splits_json = ctx.stage.path("splits.json")
@@ -167,7 +224,17 @@ class SplitStage(Stage):
             table.add_row("unassigned", _subjects_text(splits["subjects"]["unassigned"]),
                           str(len(splits["items"]["unassigned"])))
         console.print(table)
+        if splits.get("method") == "stratified":
+            shared = _shared_subjects(splits["subjects"])
+            console.print("[yellow]split: stratified by class, not subject-independent[/]"
+                          + (f": {len(shared)} subjects are in more than one part"
+                             if shared else ""))
         return []
+
+
+def _shared_subjects(subjects: dict) -> list[str]:
+    places = Counter(s for part in [subjects["test"], *subjects["folds"]] for s in part)
+    return sorted(s for s, n in places.items() if n > 1)
 
 
 def _subjects_text(subjects: list[str]) -> str:

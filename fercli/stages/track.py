@@ -3,6 +3,9 @@
 Frames before the detection frame are dropped (they are neutral onset frames, and the clip
 then starts at a confirmed face). A lost face is re-detected for ``track.redetect_tries``
 frames before the item fails with the frame number (thesis 3.2.1, paper 000 sec. 2.2).
+Every frame is cut from one sub-pixel box track, optionally smoothed (``track.smooth``).
+With ``detect.detector: none`` the frames are face crops already: each is resized whole,
+with no tracker (source 'full').
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from ..errors import ItemError
 from ..media import iter_frames
 from ..vision.clipio import ClipWriter, write_boxes_csv
 from ..vision.detect import Box, Detection
-from ..vision.track import compare_trackers, track_faces
+from ..vision.track import compare_trackers, full_frames, track_faces
 from ..workspace import atomic_write_text
 from .detect import detector_from_params
 
@@ -51,14 +54,18 @@ class TrackStage(Stage):
         boxes_csv.parent.mkdir(parents=True, exist_ok=True)
         fps = info.get("fps") or 25.0
         rows = []
-        sources = {"track": 0, "redetect": 0, "hold": 0, "detect": 0}
+        sources = {"track": 0, "redetect": 0, "hold": 0, "detect": 0, "full": 0}
+        if detect_params["detector"] == "none":  # already face crops: nothing to track
+            faces = full_frames(iter_frames(info["path"]), params["size"], params["color"])
+        else:
+            faces = track_faces(iter_frames(info["path"]), detection,
+                                tracker_name=params["tracker"], size=params["size"],
+                                color=params["color"],
+                                detector=detector_from_params(detect_params),
+                                redetect_tries=params["redetect_tries"],
+                                extend_px=detect_params["extend_px"], smooth=params["smooth"])
         with ClipWriter(clip, params["size"], params["color"], fps, params["codec"]) as writer:
-            for tracked in track_faces(iter_frames(info["path"]), detection,
-                                       tracker_name=params["tracker"], size=params["size"],
-                                       color=params["color"],
-                                       detector=detector_from_params(detect_params),
-                                       redetect_tries=params["redetect_tries"],
-                                       extend_px=detect_params["extend_px"]):
+            for tracked in faces:
                 writer.write(tracked.face)
                 rows.append(tracked.row)
                 sources[tracked.source] += 1

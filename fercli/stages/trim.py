@@ -3,8 +3,11 @@
 The clip itself is not re-encoded: the kept frame range is recorded per item, and later
 stages read only those frames. Score source ``motion`` measures how far each frame of the
 tracked face moved away from the onset face (see vision.trim.motion_scores); ``openface``
-reads AU intensities as the thesis did. Anomalies (maximum in the last frames) are kept
-whole and listed in anomalies.csv; ``trim.overrides`` applies manual decisions.
+reads AU intensities as the thesis did. ``trim.shape`` says which expression course the
+cut assumes (vision.trim.trim_clip): Algorithm 1 for onset-apex-offset clips, the onset
+only for onset-apex ones (CK+), or per clip (auto); the course used goes into trim.csv.
+Anomalies (clips that fit no course) are kept whole and listed in anomalies.csv;
+``trim.overrides`` applies manual decisions. 1-frame clips (still images) stay whole.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from ..vision.trim import (
     load_overrides,
     motion_scores,
     openface_scores,
-    trim_range,
+    trim_clip,
 )
 from ..workspace import atomic_write_text
 
@@ -38,7 +41,8 @@ def _resolved(config: Config, key: str) -> Path | None:
 
 class TrimStage(Stage):
     name = "trim"
-    help = "Cut neutral onset and offset frames (thesis Algorithm 1); list anomalies."
+    help = ("Cut neutral onset and offset frames (thesis Algorithm 1; onset only for "
+            "onset-apex clips); list anomalies.")
     upstream = ("track",)
     cpu_parallel = True
     sections = ("trim",)
@@ -94,10 +98,11 @@ class TrimStage(Stage):
         if info["override"] is not None:
             result = apply_override(len(scores), *info["override"])
         else:
-            result = trim_range(scores, min_frames_end=params["min_frames_end"],
-                                threshold_ratio=params["threshold_ratio"],
-                                max_cut_ratio=params["max_cut_ratio"],
-                                anomaly_last_frames=params["anomaly_last_frames"])
+            result = trim_clip(scores, shape=params["shape"],
+                               min_frames_end=params["min_frames_end"],
+                               threshold_ratio=params["threshold_ratio"],
+                               max_cut_ratio=params["max_cut_ratio"],
+                               anomaly_last_frames=params["anomaly_last_frames"])
         scores_csv = ctx.stage.path("scores", f"{item.id}.csv")
         atomic_write_text(scores_csv, "frame,score,kept\n" + "".join(
             f"{i},{s:.6f},{int(result.first <= i <= result.last)}\n"
@@ -105,7 +110,7 @@ class TrimStage(Stage):
         return ItemOutput([scores_csv], info={
             "clip": info["clip"], "fps": info["fps"], "n_frames": len(scores),
             "first": result.first, "last": result.last, "n_kept": result.last - result.first + 1,
-            "status": result.status, "threshold": result.threshold,
+            "status": result.status, "shape": result.shape, "threshold": result.threshold,
             "max_score": result.max_score})
 
     @staticmethod
@@ -126,12 +131,14 @@ class TrimStage(Stage):
         from ..plots import plot_lengths_before_after, plot_score_curve
 
         done = [r for r in records if r["status"] == "done"]
-        columns = ["item_id", "status", "n_frames", "first", "last", "n_kept"]
+        columns = ["item_id", "status", "shape", "n_frames", "first", "last", "n_kept"]
         table = io.StringIO()
         writer = csv.writer(table, lineterminator="\n")
         writer.writerow(columns)
-        for r in done:
-            writer.writerow([r["id"], *(r["info"][c] for c in columns[1:])])
+        for r in done:  # shape is empty for stills, overrides and pre-shape records
+            info = r["info"]
+            writer.writerow([r["id"], info["status"], info.get("shape") or "",
+                             *(info[c] for c in columns[3:])])
         trim_csv = ctx.stage.path("trim.csv")
         atomic_write_text(trim_csv, table.getvalue())
         anomalies = [r for r in done if r["info"]["status"] == "anomaly"]
@@ -149,16 +156,20 @@ class TrimStage(Stage):
             info = r["info"]
             result = TrimResult(info["first"], info["last"], info["status"], info["threshold"],
                                 info["max_score"], info["first"],
-                                info["n_frames"] - 1 - info["last"])
+                                info["n_frames"] - 1 - info["last"], info.get("shape"))
             png = ctx.stage.path("plots", f"{r['id']}.png")
             plot_score_curve(scores, result, r["id"], png)
             outputs.append(png)
         statuses = {s: sum(r["info"]["status"] == s for r in done)
-                    for s in ("trimmed", "anomaly", "flat", "override")}
+                    for s in ("trimmed", "anomaly", "flat", "override", "still")}
+        shapes = {s: sum(r["info"].get("shape") == s for r in done)
+                  for s in ("onset-apex-offset", "onset-apex")}
         before = sum(r["info"]["n_frames"] for r in done)
         after = sum(r["info"]["n_kept"] for r in done)
+        shape_text = ", ".join(f"{n} {s}" for s, n in shapes.items() if n)
         console.print(f"trim: {len(done)} clips; " + ", ".join(
             f"{n} {s}" for s, n in statuses.items() if n) +
+            (f"; shape {shape_text}" if shape_text else "") +
             f"; frames kept {after}/{before} ({after / max(before, 1):.0%})")
         if anomalies:
             console.print(f"[yellow]trim: {len(anomalies)} anomalies kept whole for manual "

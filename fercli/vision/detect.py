@@ -23,12 +23,16 @@ YUNET_SOURCE = (
 
 
 class Box(NamedTuple):
-    """An axis-aligned box in pixel coordinates: top-left corner, width, height."""
+    """An axis-aligned box in pixel coordinates: top-left corner, width, height.
 
-    x: int
-    y: int
-    w: int
-    h: int
+    Detectors give whole pixels; the tracker keeps sub-pixel floats, so a face that
+    hardly moves gives a box that hardly moves (see ``vision.track``).
+    """
+
+    x: float
+    y: float
+    w: float
+    h: float
 
     def clip(self, frame_w: int, frame_h: int) -> Box:
         """The part of the box inside a frame of the given size (may be empty: w or h 0)."""
@@ -36,8 +40,12 @@ class Box(NamedTuple):
         x1, y1 = min(self.x + self.w, frame_w), min(self.y + self.h, frame_h)
         return Box(x0, y0, max(x1 - x0, 0), max(y1 - y0, 0))
 
+    def rounded(self) -> Box:
+        """The nearest whole-pixel box, for drawing and for APIs that want integers."""
+        return Box(*(int(round(v)) for v in self))
+
     @property
-    def area(self) -> int:
+    def area(self) -> float:
         return self.w * self.h
 
     @property
@@ -130,7 +138,19 @@ class YuNetDetector:
         return [Box(*(round(v) for v in f[:4])) for f in faces]
 
 
-DETECTORS = {"haar": HaarDetector, "yunet": YuNetDetector}
+class FullFrameDetector:
+    """For footage that is already one face per frame (CK+48, FER2013-style crops).
+
+    Running a detector on a 48x48 crop finds nothing (Haar's smallest window is 30 px
+    of a face with context), so the whole frame is taken as the face box.
+    """
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Box]:
+        h, w = frame_bgr.shape[:2]
+        return [Box(0, 0, w, h)]
+
+
+DETECTORS = {"haar": HaarDetector, "yunet": YuNetDetector, "none": FullFrameDetector}
 
 
 def make_detector(name: str, **params) -> FaceDetector:

@@ -1,8 +1,9 @@
 """Cut the neutral onset and offset frames of a face clip (thesis 3.2.1, Algorithm 1).
 
-Pure cores of ``fer trim``: the cutting rule on a per-frame expression score, the two score
-sources (OpenFace AU intensities as in the thesis, or a tool-free motion proxy), and the
-manual decisions for clips the rule refuses to cut ("anomaly").
+Pure cores of ``fer trim``: the cutting rules on a per-frame expression score, one per
+expression course (``trim_clip`` picks one), the two score sources (OpenFace AU intensities
+as in the thesis, or a tool-free motion proxy), and the manual decisions for clips the rules
+refuse to cut ("anomaly").
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import csv
 import math
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain, islice
 from pathlib import Path
 from typing import Literal
@@ -21,7 +22,12 @@ import yaml
 
 from fercli.errors import ConfigError, ItemError
 
-TrimStatus = Literal["trimmed", "anomaly", "flat", "override"]
+TrimStatus = Literal["trimmed", "anomaly", "flat", "override", "still"]
+TrimShape = Literal["onset-apex-offset", "onset-apex"]
+SHAPES = ("auto", "onset-apex-offset", "onset-apex")
+# A clip "ends at the apex" when the median of its last frames is still at or above the
+# threshold; a median of three lets one blink or dropped frame at the very end not decide.
+TAIL_FRAMES = 3
 
 OPENFACE_HINT = "run OpenFace FeatureExtraction on the clip or use trim.score=motion"
 OVERRIDES_HINT = (
@@ -38,6 +44,8 @@ class TrimResult:
 
     ``first`` and ``last`` are inclusive indices of the kept frames. ``threshold`` and
     ``max_score`` are None for a manual override, which is decided without scores.
+    ``shape`` is the expression course the clip was judged by (see ``trim_clip``); None
+    when no course applies (a still, an override) or for plain ``trim_range``.
     """
 
     first: int
@@ -47,6 +55,7 @@ class TrimResult:
     max_score: float | None
     n_cut_start: int
     n_cut_end: int
+    shape: TrimShape | None = None
 
 
 def trim_range(
@@ -118,6 +127,93 @@ def trim_range(
         i += 1
     return TrimResult(n_cut_start, length - 1 - n_cut_end, "trimmed", threshold, max_score,
                       n_cut_start, n_cut_end)
+
+
+def trim_onset(
+    scores: Sequence[float], threshold_ratio: float = 0.5, max_cut_ratio: float = 0.5
+) -> TrimResult:
+    """Cut only the neutral onset of a neutral -> apex clip (CK+ sequences end at the apex).
+
+    The start side of Algorithm 1 alone: frames strictly below ``threshold_ratio`` x the
+    maximum are cut from the start until the first frame at or above it, at most
+    floor(length x ``max_cut_ratio``) of them. The end is never cut, since there the apex
+    is, and Algorithm 1's tail rules (10 frames always cut, maximum in the last frames =
+    anomaly) would remove or refuse exactly the frames such a clip is for. Its anomaly is
+    the opposite one: a curve that falls instead of rising (``falls_after_start``). A
+    maximum that is not positive gives ``flat``, as in ``trim_range``.
+    """
+    values = np.asarray(scores, dtype=np.float64)
+    _check_trim_arguments(values, 0, threshold_ratio, max_cut_ratio, 0)
+    length = len(values)
+    max_score = float(values.max())
+    threshold = threshold_ratio * max_score
+    if max_score <= 0:
+        return TrimResult(0, length - 1, "flat", threshold, max_score, 0, 0, "onset-apex")
+    if falls_after_start(values, threshold_ratio):
+        return TrimResult(0, length - 1, "anomaly", threshold, max_score, 0, 0, "onset-apex")
+    max_frames = math.floor(length * max_cut_ratio)
+    n_cut = 0
+    while n_cut < max_frames and values[n_cut] < threshold:
+        n_cut += 1
+    return TrimResult(n_cut, length - 1, "trimmed", threshold, max_score, n_cut, 0,
+                      "onset-apex")
+
+
+def ends_at_apex(scores: Sequence[float], threshold_ratio: float = 0.5) -> bool:
+    """Whether the expression is still on at the end of the clip.
+
+    True when the median score of the last ``TAIL_FRAMES`` frames is at or above
+    ``threshold_ratio`` x the maximum, i.e. the frames Algorithm 1 would keep as expressive.
+    """
+    values = np.asarray(scores, dtype=np.float64)
+    return bool(np.median(values[-TAIL_FRAMES:]) >= threshold_ratio * values.max())
+
+
+def falls_after_start(scores: Sequence[float], threshold_ratio: float = 0.5) -> bool:
+    """The onset-apex anomaly: the maximum comes early and the clip ends below threshold.
+
+    An onset-apex clip rises to its apex and stays there; one whose first maximum lies in
+    its first half and whose end has fallen back below the threshold is a blink, head move
+    or mislabelled course at the start, for a manual decision.
+    """
+    values = np.asarray(scores, dtype=np.float64)
+    peak = int(np.argmax(values))
+    return 2 * peak < len(values) and not ends_at_apex(values, threshold_ratio)
+
+
+def trim_clip(
+    scores: Sequence[float],
+    shape: str = "auto",
+    min_frames_end: int = 10,
+    threshold_ratio: float = 0.5,
+    max_cut_ratio: float = 0.5,
+    anomaly_last_frames: int = 20,
+) -> TrimResult:
+    """Trim one clip by its expression course: ``shape`` is one of ``SHAPES``.
+
+    ``onset-apex-offset`` is thesis Algorithm 1 (``trim_range``), for BU-4DFE's neutral ->
+    apex -> neutral videos; ``onset-apex`` cuts the neutral onset only (``trim_onset``), for
+    CK+'s neutral -> apex sequences. ``auto`` decides per clip: a clip that ends at the apex
+    (``ends_at_apex``) is onset-apex, one that falls back below the threshold is
+    onset-apex-offset; an ``anomaly`` under auto therefore fits neither course. The chosen
+    course is returned in ``shape``. A 1-frame clip (a still image) has no course: it is
+    kept whole as ``still``.
+    """
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {', '.join(SHAPES)}, got {shape!r}")
+    values = np.asarray(scores, dtype=np.float64)
+    _check_trim_arguments(values, min_frames_end, threshold_ratio, max_cut_ratio,
+                          anomaly_last_frames)
+    if len(values) == 1:
+        score = float(values[0])
+        return TrimResult(0, 0, "still", threshold_ratio * score, score, 0, 0)
+    if shape == "auto":
+        shape = "onset-apex" if ends_at_apex(values, threshold_ratio) else "onset-apex-offset"
+    if shape == "onset-apex":
+        return trim_onset(values, threshold_ratio, max_cut_ratio)
+    result = trim_range(values, min_frames_end, threshold_ratio, max_cut_ratio,
+                        anomaly_last_frames)
+    return replace(result, shape="onset-apex-offset")
 
 
 def _check_trim_arguments(

@@ -140,7 +140,7 @@ SMALL_PIPELINE = [
     "index.classes=[happy, sad, surprise]", "split.folds=2", "split.test_fraction=0.2",
     "track.size=64", "augment.methods=[flip]", "extract.backbone=small-cnn",
     "extract.max_frames=40", "train.epochs=2", "train.batch_size=8",
-    "train.tensorboard=false", "train.model_params={filters: [8, 8, 16, 16], dense_units: [16]}",
+    "train.tensorboard=false", "train.model_params={dense_units: [16]}",
 ]
 UNTIL_EXTRACT = ["index", "split", "detect", "track", "trim", "augment", "extract"]
 

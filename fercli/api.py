@@ -1,0 +1,50 @@
+"""The library entry points the CLI, scripts and notebooks share.
+
+    from fercli.api import load_config, run_pipeline
+    results = run_pipeline(load_config("fer.yaml"), until="finalize")
+"""
+from __future__ import annotations
+
+import os
+
+from rich.console import Console
+
+from .config import Config, load_config
+from .engine import StageResult, stage_states
+from .engine import run_stage as _run_stage
+from .stages import PIPELINE
+
+__all__ = ["load_config", "run_pipeline", "run_stage", "status", "default_workers"]
+
+
+def default_workers(name: str) -> int:
+    """OpenCV stages use every core; TensorFlow stages one process (it threads itself)."""
+    return (os.cpu_count() or 1) if PIPELINE[name].cpu_parallel else 1
+
+
+def run_stage(name: str, config: Config, *, workers: int | None = None,
+              console: Console | None = None, **kwargs) -> StageResult:
+    """One stage by name (skipped when up to date); kwargs: force, shard, only."""
+    if name not in PIPELINE:
+        from .errors import ConfigError
+
+        raise ConfigError(f"{name!r} is not a stage; choose one of: {', '.join(PIPELINE)}")
+    return _run_stage(PIPELINE[name], config, PIPELINE, console=console,
+                      workers=default_workers(name) if workers is None else workers, **kwargs)
+
+
+def run_pipeline(config: Config, until: str | None = None, workers: int | None = None,
+                 console: Console | None = None) -> list[StageResult]:
+    """Every stage in order up to ``until`` (default: all), each resumable and skipped when
+    up to date; items that fail are recorded and the later stages go on with the others."""
+    results = []
+    for name in PIPELINE:
+        results.append(run_stage(name, config, workers=workers, console=console))
+        if name == until:
+            break
+    return results
+
+
+def status(config: Config) -> dict:
+    """Stage name -> StageState (up to date / stale / incomplete / not run, and why)."""
+    return stage_states(config, PIPELINE)
