@@ -256,12 +256,14 @@ def baseline_key(key: tuple) -> tuple:
 
 
 def with_baseline(codes: dict, onset: dict) -> dict:
-    """``codes`` plus each encoder's baseline (fercli.identity) from ``onset``, the codes of
-    the video's first face frames: the rule extract applies to a clip's first frames."""
+    """``codes`` plus each feature encoder's baseline (fercli.identity) from ``onset``, the
+    codes of the video's first face frames: the rule extract applies to a clip's first frames.
+    Clip encoders' codes are face crops, which no run normalises: they get no baseline."""
     from .identity import onset_baseline
 
     return {**codes, **{baseline_key(key): onset_baseline(value)
-                        for key, value in onset.items() if value is not None and len(value)}}
+                        for key, value in onset.items()
+                        if value is not None and len(value) and np.ndim(value[0]) == 1}}
 
 
 def model_inputs(run: FinalizedRun, encoder, sequences: Sequence[np.ndarray],

@@ -30,6 +30,7 @@ import io
 import json
 import math
 import os
+import platform
 import shutil
 import sys
 import time
@@ -58,6 +59,17 @@ DATASETS = {
 PEER_LABELS = {"angry": "angry", "disgust": "disgust", "fear": "fear", "happy": "happy",
                "sad": "sad", "surprise": "surprise", "neutral": "neutral"}
 console = Console()
+
+
+def machine() -> str:
+    """The CPU model and core count, for the README's figures."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    return f"{model}, {os.cpu_count()} cores"
 
 
 def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -274,8 +286,8 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "accuracy.json").write_text(json.dumps(results, indent=2))
     (args.work / "accuracy.md").write_text(markdown(results))
-    console.print(f"accuracy: {args.work / 'accuracy.md'} ({time.time() - started:.0f} s, "
-                  f"{os.cpu_count()} cores)")
+    console.print(f"accuracy: {args.work / 'accuracy.md'} ({time.time() - started:.0f} s on "
+                  f"{machine()})")
     return 0
 
 

@@ -8,7 +8,8 @@ spikes in the motion score (a jumping first crop), frames kept.
 - ``ckplus-videos``: the two real CK+ sequences as videos (S501_001, S503_001; anger),
   through trim;
 - ``ckplus48``: CK+48's 48x48 crops (preset ckplus48: detector none, onset-apex), through
-  extract;
+  extract, all 309 sequences of the six classes: nothing is trained here, so the acceptance
+  subjects are preprocessed too (``scripts/accuracy.py``, which trains, leaves them out);
 - ``jaffe``: JAFFE's stills as one-frame items, through cv-train, finalize, evaluate and
   the report.
 
@@ -24,7 +25,6 @@ import csv
 import io
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,7 +35,7 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
-from accuracy import ACCEPTANCE_SUBJECTS, DATASETS  # noqa: E402
+from accuracy import ACCEPTANCE_SUBJECTS, DATASETS, machine  # noqa: E402
 
 console = Console()
 CKPLUS_VIDEOS = {"1543684773.avi": "S501_001", "1543684810.avi": "S503_001"}
@@ -138,13 +138,15 @@ def main() -> int:
                                ("jaffe", "evaluate", ["split.folds=4",
                                                       "split.test_fraction=0.2"])):
         folder, settings = DATASETS[name]
+        if until == "extract":  # no training: every subject, the acceptance set included
+            settings = [s for s in settings if not s.startswith("index.exclude_subjects")]
         if (data / folder).is_dir():
             runs.append((name, data / folder, [*settings, *extra], until))
     if not runs:
         console.print(f"realdata: skipped: no development copy found under {data}")
         return 0
     rows = [check(*run, args.work) for run in runs]
-    table = Table(title=f"Real data ({platform.node()}, {os.cpu_count()} cores)")
+    table = Table(title=f"Real data ({machine()})")
     for column in ("dataset", "indexed", "excluded", "failed", "anomalies", "last frame cut",
                    "frame-0 spikes", "frames kept", "shapes", "s"):
         table.add_column(column)

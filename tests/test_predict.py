@@ -184,7 +184,9 @@ def test_prediction_matches_the_training_pipeline(runs, videos, whole, tmp_path)
     video = videos["sample"]
     detector = HaarDetector()
     detection = detect_first_face(iter_frames(video), detector)
-    faces = [t.face for t in track_faces(iter_frames(video), detection, detector=detector)]
+    smooth = defaults()["track"]["smooth"]  # the runs' config, as `fer track` applies it
+    faces = [t.face for t in track_faces(iter_frames(video), detection, detector=detector,
+                                         smooth=smooth)]
     trim = trim_range(motion_scores(faces))
     kept = faces[trim.first:trim.last + 1][:MAX_FRAMES]
     extractor = build_feature_extractor("small-cnn", weights=None)

@@ -236,11 +236,19 @@ def test_a_one_frame_clip_is_a_still_kept_whole(shape):
     assert trim_clip([2.0], shape).status == "still"
 
 
+@pytest.mark.parametrize("shape", ["auto", "onset-apex-offset", "onset-apex"])
+def test_a_clip_too_short_for_a_course_is_kept_whole_and_not_flagged(shape):
+    # CK+48 keeps the last 3 (apex) frames: a noisy early maximum must not read as a fall.
+    result = trim_clip([0.9, 0.1, 0.2], shape)
+    assert (result.first, result.last, result.status) == (0, 2, "short")
+    assert trim_clip([0.0, 1.0, 0.0, 0.0, 0.0, 0.0], shape).status != "short"
+
+
 def test_forced_shapes_and_a_bad_shape():
     scores = curve(100, 0.6, (0, 20, 0.1), (20, 50, 1.0))
     assert trim_clip(scores, "onset-apex-offset").shape == "onset-apex-offset"
     assert trim_clip(scores, "onset-apex").n_cut_end == 0
-    assert trim_clip([0.0] * 5, "onset-apex").status == "flat"
+    assert trim_clip([0.0] * 6, "onset-apex").status == "flat"
     with pytest.raises(ValueError, match="onset-apex"):
         trim_clip(scores, "apex")
 

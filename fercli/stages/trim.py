@@ -161,7 +161,7 @@ class TrimStage(Stage):
             plot_score_curve(scores, result, r["id"], png)
             outputs.append(png)
         statuses = {s: sum(r["info"]["status"] == s for r in done)
-                    for s in ("trimmed", "anomaly", "flat", "override", "still")}
+                    for s in ("trimmed", "anomaly", "flat", "override", "still", "short")}
         shapes = {s: sum(r["info"].get("shape") == s for r in done)
                   for s in ("onset-apex-offset", "onset-apex")}
         before = sum(r["info"]["n_frames"] for r in done)

@@ -22,12 +22,15 @@ import yaml
 
 from fercli.errors import ConfigError, ItemError
 
-TrimStatus = Literal["trimmed", "anomaly", "flat", "override", "still"]
+TrimStatus = Literal["trimmed", "anomaly", "flat", "override", "still", "short"]
 TrimShape = Literal["onset-apex-offset", "onset-apex"]
 SHAPES = ("auto", "onset-apex-offset", "onset-apex")
 # A clip "ends at the apex" when the median of its last frames is still at or above the
 # threshold; a median of three lets one blink or dropped frame at the very end not decide.
 TAIL_FRAMES = 3
+# Fewer frames than an onset and a tail of TAIL_FRAMES each cannot show a course: CK+48 keeps
+# only the last 3 (apex) frames of each sequence, and their scores are noise around each other.
+MIN_COURSE_FRAMES = 2 * TAIL_FRAMES
 
 OPENFACE_HINT = "run OpenFace FeatureExtraction on the clip or use trim.score=motion"
 OVERRIDES_HINT = (
@@ -197,7 +200,8 @@ def trim_clip(
     (``ends_at_apex``) is onset-apex, one that falls back below the threshold is
     onset-apex-offset; an ``anomaly`` under auto therefore fits neither course. The chosen
     course is returned in ``shape``. A 1-frame clip (a still image) has no course: it is
-    kept whole as ``still``.
+    kept whole as ``still``; a clip shorter than ``MIN_COURSE_FRAMES`` is kept whole as
+    ``short`` (too few frames to tell onset from apex, so nothing is cut or flagged).
     """
     if shape not in SHAPES:
         raise ValueError(f"shape must be one of {', '.join(SHAPES)}, got {shape!r}")
@@ -207,6 +211,9 @@ def trim_clip(
     if len(values) == 1:
         score = float(values[0])
         return TrimResult(0, 0, "still", threshold_ratio * score, score, 0, 0)
+    if len(values) < MIN_COURSE_FRAMES:
+        peak = float(values.max())
+        return TrimResult(0, len(values) - 1, "short", threshold_ratio * peak, peak, 0, 0)
     if shape == "auto":
         shape = "onset-apex" if ends_at_apex(values, threshold_ratio) else "onset-apex-offset"
     if shape == "onset-apex":
