@@ -11,6 +11,10 @@ Next to fercli's result, on the same items and the same outer splits:
 - the peer ``fer`` package, zero-shot on each item's apex (last) frame, through
   ``scripts/peer_fer.py`` (its own venv; ``--no-peer`` skips it).
 
+With ``--pretrain`` (and its own ``--work``), each outer split first fine-tunes the FER2013
+mini-Xception on its training subjects' frames (``fer pretrain``) and extracts with that
+backbone; fercli and the probe then read the fine-tuned features.
+
 Each line shows accuracy with a Wilson 95% interval and UAR. Preprocessing (index, detect,
 track, trim) runs once in ``<work>/base`` and is copied into each outer folder, where it is
 up to date; every stage resumes, so a killed run continues where it stopped.
@@ -106,21 +110,52 @@ def read_csv(path: Path) -> list[dict]:
     return list(csv.DictReader(io.StringIO(path.read_text())))
 
 
-def apex_frame(row: dict) -> str:
-    """The last frame of an index row's source (the apex of a neutral -> apex sequence)."""
+def still_frames(row: dict) -> list[Path]:
+    """The image files of an index row's source, in order; [] for a video."""
     from fercli.media import sequence_frames
 
     path = Path(row["path"])
     if row["kind"] == "image":
-        return str(path)
+        return [path]
     if row["kind"] == "frames":
-        lines = [line.strip() for line in path.read_text().splitlines()
+        lines = [Path(line.strip()) for line in path.read_text().splitlines()
                  if line.strip() and not line.startswith("#")]
-        last = Path(lines[-1])
-        return str(last if last.is_absolute() else path.parent / last)
+        return [line if line.is_absolute() else path.parent / line for line in lines]
     if row["kind"] == "sequence":
-        return str(sequence_frames(path)[-1])
-    return ""  # videos: no still apex frame for the peer
+        return [Path(p) for p in sequence_frames(path)]
+    return []
+
+
+def apex_frame(row: dict) -> str:
+    """The last frame of an index row's source (the apex of a neutral -> apex sequence);
+    "" for a video (no still apex frame for the peer)."""
+    frames = still_frames(row)
+    return str(frames[-1]) if frames else ""
+
+
+def pretrained_backbone(outer: Path, index: list[dict], test_subjects: list[str],
+                        args) -> Path:
+    """``fer pretrain`` of the FER2013 mini-Xception on the frames of this outer split's
+    training subjects only (the test subjects' faces never reach the backbone); returns
+    the model file that extract then uses. Resumes: a finished one is reused."""
+    from fercli.pretrain import MODEL_FILE, run_pretrain
+
+    out = outer / "pretrain"
+    if (out / "summary.json").is_file():
+        return out / MODEL_FILE
+    images = outer / "pretrain-images"
+    shutil.rmtree(images, ignore_errors=True)
+    for row in index:
+        if row["subject"] in test_subjects:
+            continue
+        for n, frame in enumerate(still_frames(row)):
+            link = images / row["label"] / f"{row['item_id']}_{n}{frame.suffix.lower()}"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(frame.resolve())
+    run_pretrain(images, out, backbone="minixception-fer2013", trials=args.pretrain_trials,
+                 epochs_head=10, epochs_finetune=20, unfreeze_blocks=2, seed=args.seed,
+                 console=console)
+    return out / MODEL_FILE
 
 
 def run_pipeline(settings: list[str], until: str) -> None:
@@ -187,18 +222,21 @@ def evaluate_dataset(name: str, root: Path, settings: list[str], args) -> dict:
                 "split", "augment", "extract", "cv-train", "finalize", "*.lock"))
         console.rule(f"{name}: outer split {k + 1}/{len(groups)}, test subjects "
                      f"{' '.join(test_subjects)}")
-        run_pipeline([f"workdir={outer}", *common, f"split.folds={args.inner}",
+        backbone = ([f"extract.backbone={pretrained_backbone(outer, index, test_subjects, args)}"]
+                    if args.pretrain else [])
+        run_pipeline([f"workdir={outer}", *common, *backbone, f"split.folds={args.inner}",
                       f"split.test_subjects=[{', '.join(test_subjects)}]"], until="finalize")
         [model_json] = sorted((outer / "finalize" / "runs").glob("*/model.json"),
                               key=lambda p: p.stat().st_mtime)[-1:]
         info = json.loads(model_json.read_text())
         identity_used.append(bool(info.get("identity")))
-        model = info["model"]
+        suffix = " (pretrained backbone)" if args.pretrain else ""
+        model = info["model"] + suffix
         for row in read_csv(model_json.parent / "test_probs.csv"):
             predictions.setdefault(f"fercli {model}", {})[row["item"]] = row["pred"]
         for probe, preds in probe_predictions(outer / "extract" / "features.h5",
                                               bool(info.get("identity"))).items():
-            predictions.setdefault(probe, {}).update(preds)
+            predictions.setdefault(probe + suffix, {}).update(preds)
     if not args.no_peer:
         predictions["peer fer (zero-shot, apex frame)"] = peer_predictions(index, args)
     return summarise(name, labels, predictions, groups, identity_used)
@@ -259,6 +297,12 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=REPO / "accuracy-work")
     parser.add_argument("--peer-venv", type=Path, default=REPO / ".venv-peer")
     parser.add_argument("--no-peer", action="store_true", help="skip the peer package")
+    parser.add_argument("--pretrain", action="store_true", help="per outer split, fine-tune "
+                        "the FER2013 mini-Xception on the training subjects' frames (fer "
+                        "pretrain) and extract with it; use its own --work")
+    parser.add_argument("--pretrain-trials", type=int, default=3,
+                        help="head-search trials of fer pretrain")
+    parser.add_argument("--debug", action="store_true", help="tracebacks on errors")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     todo = []
@@ -291,5 +335,18 @@ def main() -> int:
     return 0
 
 
+def cli() -> int:
+    """main() with fercli's errors as one line and their exit codes (tracebacks: --debug)."""
+    from fercli.errors import FerError
+
+    try:
+        return main()
+    except FerError as error:
+        if "--debug" in sys.argv:
+            raise
+        console.print(f"Error: {error}", markup=False, highlight=False)
+        return error.exit_code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

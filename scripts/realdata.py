@@ -115,9 +115,28 @@ def check(name: str, root: Path, settings: list[str], until: str, work: Path) ->
     return row
 
 
+def markdown(rows: list[dict]) -> str:
+    """The README's "Real data" table."""
+    lines = [f"Measured on {machine()}.", "",
+             "| dataset | indexed | excluded | failed | anomalies | last frame cut | "
+             "frame-0 spikes | frames kept | shapes | test accuracy / UAR |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        failures = ", ".join(f"{s} {n}" for s, n in r["failed"].items() if n) or "0"
+        tests = "; ".join(f"{t['accuracy']:.3f} / {t['uar']:.3f} (n {t['n']})"
+                          for t in r.get("test", {}).values()) or "-"
+        lines.append(f"| {r['dataset']} | {r['indexed']} | {r['excluded']} | {failures} | "
+                     f"{r['anomalies']}/{r['clips']} | {r['last_frame_cut']} | "
+                     f"{r['frame0_spikes']} | {r['frames_kept']}/{r['frames']} | "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(r["shapes"].items()))
+                     + f" | {tests} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=REPO / "realdata-work")
+    parser.add_argument("--debug", action="store_true", help="tracebacks on errors")
     args = parser.parse_args()
     data = os.environ.get("FER_DATA")
     if not data:
@@ -164,9 +183,23 @@ def main() -> int:
                           f"{scores['accuracy']:.3f}, UAR {scores['uar']:.3f}; "
                           f"report {r['report']}")
     (args.work / "realdata.json").write_text(json.dumps(rows, indent=2))
-    console.print(f"realdata: {args.work / 'realdata.json'}")
+    (args.work / "realdata.md").write_text(markdown(rows))
+    console.print(f"realdata: {args.work / 'realdata.json'}, {args.work / 'realdata.md'}")
     return 0 if not any(np.sum(list(r["failed"].values())) for r in rows) else 1
 
 
+def cli() -> int:
+    """main() with fercli's errors as one line and their exit codes (tracebacks: --debug)."""
+    from fercli.errors import FerError
+
+    try:
+        return main()
+    except FerError as error:
+        if "--debug" in sys.argv:
+            raise
+        console.print(f"Error: {error}", markup=False, highlight=False)
+        return error.exit_code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
