@@ -38,8 +38,8 @@ _COMMON = {"l2": 0.0, "activation": "relu", "initializer": "glorot_uniform"}
 
 MODEL_DEFAULTS: dict[str, dict] = {
     # ours, for small real datasets (tens to hundreds of sequences): masked pooling over
-    # time, batch-normalised, one small regularised hidden layer. On CK+48 it matches a
-    # linear probe on the same features, where the thesis's temporal models fall behind.
+    # time, batch-normalised, one small regularised hidden layer. Nested subject-
+    # independent CK+48 (README, Accuracy on real data): 0.907, cnn1d 0.903, probe 0.888.
     "pooled": {"pooling": ["mean", "last"], "last_k": 3, "dropout": 0.5,
                "dense_units": [64], "l2": 1e-3, "activation": "relu",
                "initializer": "glorot_uniform"},

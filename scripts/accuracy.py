@@ -335,8 +335,9 @@ def main() -> int:
     return 0
 
 
-def cli() -> int:
-    """main() with fercli's errors as one line and their exit codes (tracebacks: --debug)."""
+def run_cli(main) -> int:
+    """``main()`` with fercli's errors as one line and their exit codes (tracebacks with
+    --debug); the real-data scripts share it."""
     from fercli.errors import FerError
 
     try:
@@ -349,4 +350,4 @@ def cli() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(run_cli(main))

@@ -35,7 +35,7 @@ from rich.table import Table
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
-from accuracy import ACCEPTANCE_SUBJECTS, DATASETS, machine  # noqa: E402
+from accuracy import ACCEPTANCE_SUBJECTS, DATASETS, machine, run_cli  # noqa: E402
 
 console = Console()
 CKPLUS_VIDEOS = {"1543684773.avi": "S501_001", "1543684810.avi": "S503_001"}
@@ -188,18 +188,5 @@ def main() -> int:
     return 0 if not any(np.sum(list(r["failed"].values())) for r in rows) else 1
 
 
-def cli() -> int:
-    """main() with fercli's errors as one line and their exit codes (tracebacks: --debug)."""
-    from fercli.errors import FerError
-
-    try:
-        return main()
-    except FerError as error:
-        if "--debug" in sys.argv:
-            raise
-        console.print(f"Error: {error}", markup=False, highlight=False)
-        return error.exit_code
-
-
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(run_cli(main))

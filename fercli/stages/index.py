@@ -322,27 +322,27 @@ def scan_dataset(params: dict) -> tuple[list[dict], list[Excluded]]:
     return items, excluded
 
 
-def _compile(pattern: str) -> re.Pattern:
+def _compile_regex(key: str, pattern: str, group: str, needs: str,
+                   hint: str | None = None) -> re.Pattern:
+    """``pattern`` compiled, with the named ``group`` it must have (``needs`` says which)."""
     try:
         rx = re.compile(pattern)
     except re.error as exc:
-        raise ConfigError(f"index.pattern is not a valid regex: {exc}") from None
-    if "label" not in rx.groupindex:
-        raise ConfigError("index.pattern needs the named group (?P<label>...) (and "
-                          "(?P<subject>...) where the names carry a subject)")
+        raise ConfigError(f"{key} is not a valid regex: {exc}") from None
+    if group not in rx.groupindex:
+        raise ConfigError(f"{key} needs the named group {needs}", hint=hint)
     return rx
+
+
+def _compile(pattern: str) -> re.Pattern:
+    return _compile_regex("index.pattern", pattern, "label", "(?P<label>...) (and "
+                          "(?P<subject>...) where the names carry a subject)")
 
 
 def _compile_group(pattern: str) -> re.Pattern:
-    try:
-        rx = re.compile(pattern)
-    except re.error as exc:
-        raise ConfigError(f"index.group is not a valid regex: {exc}") from None
-    if "sequence" not in rx.groupindex:
-        raise ConfigError("index.group needs the named group (?P<sequence>...) (optional: "
+    return _compile_regex("index.group", pattern, "sequence", "(?P<sequence>...) (optional: "
                           "(?P<frame>...) for the frame number)",
                           hint=r"e.g. '^(?P<sequence>S\d+_\d+)_(?P<frame>\d+)\.png$'")
-    return rx
 
 
 def _from_csv(root: Path, params: dict, excluded: list[Excluded]):
