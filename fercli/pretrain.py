@@ -52,7 +52,9 @@ from fercli.errors import ConfigError, InputError
 from fercli.plots import new_figure, save_figure
 from fercli.workspace import atomic_path, atomic_write_json, atomic_write_text, read_json
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# tf.io.decode_image reads PNG, JPEG, BMP and GIF; TIFF (JAFFE ships .tiff) goes through OpenCV.
+OPENCV_ONLY = r".*\.tiff?"
 # FER2013's Usage column -> our split; the thesis reports test results on PrivateTest
 # (Table 3.5's supports are PrivateTest's counts, Table 3.3).
 FER2013_USAGE = {"training": "train", "publictest": "val", "privatetest": "test"}
@@ -249,6 +251,19 @@ def augmentation(seed: int):
     return apply
 
 
+def _read_with_opencv(path: bytes, channels) -> np.ndarray:
+    """(H, W, channels) uint8 of an image file tf.io cannot decode (TIFF), RGB order."""
+    import cv2
+
+    image = cv2.imread(path.decode(), cv2.IMREAD_GRAYSCALE if channels == 1
+                       else cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path.decode()}: cannot be decoded")
+    if channels == 1:
+        return image[..., None]
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def make_dataset(part: ImageSplit, n_classes: int, size: tuple[int, int, int],
                  batch_size: int, *, shuffle_seed: int | None = None, augment=None):
     """Batches of (0..255 float pixels at ``size``, one-hot labels), resized on the fly."""
@@ -260,9 +275,12 @@ def make_dataset(part: ImageSplit, n_classes: int, size: tuple[int, int, int],
         data = tf.data.Dataset.from_tensor_slices((part.pixels[..., None], targets))
     else:
         def read(path, target):
-            image = tf.io.decode_image(tf.io.read_file(path), channels=channels,
-                                       expand_animations=False)
-            return image, target
+            image = tf.cond(
+                tf.strings.regex_full_match(tf.strings.lower(path), OPENCV_ONLY),
+                lambda: tf.numpy_function(_read_with_opencv, [path, channels], tf.uint8),
+                lambda: tf.io.decode_image(tf.io.read_file(path), channels=channels,
+                                           expand_animations=False))
+            return tf.ensure_shape(image, (None, None, channels)), target
 
         data = tf.data.Dataset.from_tensor_slices((part.paths, targets)).map(
             read, num_parallel_calls=tf.data.AUTOTUNE)

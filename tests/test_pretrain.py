@@ -12,11 +12,13 @@ import pytest
 from fercli.backbones import build_feature_extractor
 from fercli.errors import ConfigError, InputError
 from fercli.pretrain import (
+    ImageSplit,
     augmentation,
     load_still_images,
     make_dataset,
     read_fer2013_csv,
     run_pretrain,
+    scan_image_folders,
 )
 from fercli.workspace import file_sha256
 
@@ -133,6 +135,25 @@ def test_train_test_folders_keep_their_test_part(tmp_path):
     assert batch.shape == (5, 32, 32, 3) and targets.numpy().sum(axis=0).tolist() == [3, 2]
     with pytest.raises(InputError, match="class\\(es\\) sad have no training images"):
         load_still_images(tmp_path / "kaggle", ["angry", "sad"])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_tiff_stills_decode_like_png(tmp_path, channels):
+    """JAFFE ships .tiff, which tf.io cannot decode: OpenCV reads them, same pixels as PNG."""
+    rng = np.random.default_rng(3)
+    images = {"happy": shape_image(3, rng), "angry": shape_image(0, rng)}
+    for suffix in (".png", ".tiff"):
+        for label, image in images.items():
+            (tmp_path / suffix / label).mkdir(parents=True)
+            cv2.imwrite(str(tmp_path / suffix / label / f"KA{suffix}"), image)
+    batches = []
+    for suffix in (".png", ".tiff"):
+        paths, labels, _ = scan_image_folders(tmp_path / suffix)
+        part = ImageSplit(np.array([sorted(set(labels)).index(x) for x in labels]),
+                          paths=paths)
+        batches.append(next(iter(make_dataset(part, 2, (24, 24, channels), 4)))[0].numpy())
+    assert batches[0].shape == (2, 24, 24, channels)
+    np.testing.assert_array_equal(batches[0], batches[1])
 
 
 def test_dataset_images_stay_with_their_labels(tmp_path):
