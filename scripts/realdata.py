@@ -115,21 +115,28 @@ def check(name: str, root: Path, settings: list[str], until: str, work: Path) ->
     return row
 
 
+COLUMNS = ("dataset", "indexed", "excluded", "failed", "anomalies", "last frame cut",
+           "frame-0 spikes", "frames kept", "shapes")
+
+
+def cells(r: dict) -> list[str]:
+    """One dataset's row under COLUMNS, for the console table and the Markdown file."""
+    failures = ", ".join(f"{s} {n}" for s, n in r["failed"].items() if n) or "0"
+    return [r["dataset"], str(r["indexed"]), str(r["excluded"]), failures,
+            f"{r['anomalies']}/{r['clips']}", str(r["last_frame_cut"]),
+            str(r["frame0_spikes"]), f"{r['frames_kept']}/{r['frames']}",
+            ", ".join(f"{k} {v}" for k, v in sorted(r["shapes"].items()))]
+
+
 def markdown(rows: list[dict]) -> str:
     """The README's "Real data" table."""
     lines = [f"Measured on {machine()}.", "",
-             "| dataset | indexed | excluded | failed | anomalies | last frame cut | "
-             "frame-0 spikes | frames kept | shapes | test accuracy / UAR |",
+             "| " + " | ".join((*COLUMNS, "test accuracy / UAR")) + " |",
              "|---|---:|---:|---|---:|---:|---:|---:|---|---|"]
     for r in rows:
-        failures = ", ".join(f"{s} {n}" for s, n in r["failed"].items() if n) or "0"
         tests = "; ".join(f"{t['accuracy']:.3f} / {t['uar']:.3f} (n {t['n']})"
                           for t in r.get("test", {}).values()) or "-"
-        lines.append(f"| {r['dataset']} | {r['indexed']} | {r['excluded']} | {failures} | "
-                     f"{r['anomalies']}/{r['clips']} | {r['last_frame_cut']} | "
-                     f"{r['frame0_spikes']} | {r['frames_kept']}/{r['frames']} | "
-                     + ", ".join(f"{k} {v}" for k, v in sorted(r["shapes"].items()))
-                     + f" | {tests} |")
+        lines.append("| " + " | ".join((*cells(r), tests)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -166,16 +173,10 @@ def main() -> int:
         return 0
     rows = [check(*run, args.work) for run in runs]
     table = Table(title=f"Real data ({machine()})")
-    for column in ("dataset", "indexed", "excluded", "failed", "anomalies", "last frame cut",
-                   "frame-0 spikes", "frames kept", "shapes", "s"):
+    for column in (*COLUMNS, "s"):
         table.add_column(column)
     for r in rows:
-        failures = ", ".join(f"{s} {n}" for s, n in r["failed"].items() if n) or "0"
-        table.add_row(r["dataset"], str(r["indexed"]), str(r["excluded"]), failures,
-                      f"{r['anomalies']}/{r['clips']}", str(r["last_frame_cut"]),
-                      str(r["frame0_spikes"]), f"{r['frames_kept']}/{r['frames']}",
-                      ", ".join(f"{k} {v}" for k, v in sorted(r["shapes"].items())),
-                      str(r["seconds"]))
+        table.add_row(*cells(r), str(r["seconds"]))
     console.print(table)
     for r in rows:
         for target, scores in r.get("test", {}).items():

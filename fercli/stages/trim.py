@@ -15,6 +15,7 @@ import csv
 import hashlib
 import io
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 from rich.console import Console
@@ -25,6 +26,7 @@ from ..errors import ConfigError, InputError, ItemError
 from ..vision.clipio import iter_clip
 from ..vision.trim import (
     TrimResult,
+    TrimStatus,
     apply_override,
     load_overrides,
     motion_scores,
@@ -161,7 +163,7 @@ class TrimStage(Stage):
             plot_score_curve(scores, result, r["id"], png)
             outputs.append(png)
         statuses = {s: sum(r["info"]["status"] == s for r in done)
-                    for s in ("trimmed", "anomaly", "flat", "override", "still", "short")}
+                    for s in get_args(TrimStatus)}
         shapes = {s: sum(r["info"].get("shape") == s for r in done)
                   for s in ("onset-apex-offset", "onset-apex")}
         before = sum(r["info"]["n_frames"] for r in done)
