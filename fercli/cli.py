@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -19,6 +20,7 @@ from rich.table import Table
 from . import __version__
 from .config import DEFAULT_CONFIG_FILE, defaults, load_config, reference_markdown
 from .engine import (
+    STOP_SIGNALS,
     StageResult,
     parse_shard,
     raise_if_failed,
@@ -66,8 +68,10 @@ def handle_errors(func: Callable) -> Callable:
                 raise
             console.print(f"[bold red]Error:[/] {escape(str(exc))}", soft_wrap=True, markup=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            console.print("Interrupted; run the same command again to resume.")
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP (see main)
+            _exit_on_next_stop_signal()
+            console.print("Interrupted; finished items are recorded: run the same command "
+                          "again to resume.")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -525,7 +529,26 @@ def live(source: str = typer.Argument(..., help="Camera index (0), video file or
              say=lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True))
 
 
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _exit_on_next_stop_signal() -> None:
+    """After the first stop signal, another one ends the process at once (not when the
+    commands run inside another program, e.g. tests)."""
+    if not _state.get("own_process"):
+        return
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, frame: os._exit(130))
+
+
 def main() -> None:
+    # A batch scheduler's SIGTERM (sent before its SIGKILL) and a closed terminal's SIGHUP
+    # stop a command the way Ctrl-C does: finished items recorded, exit code 130.
+    for sig in STOP_SIGNALS:
+        if sig != signal.SIGINT:
+            signal.signal(sig, _raise_interrupt)
+    _state["own_process"] = True
     app()
 
 

@@ -13,14 +13,17 @@ unfinished item and a repaired item is redone alone.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import errno
 import multiprocessing
 import os
+import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -369,8 +372,49 @@ def _drop_unreadable_manifest(sdir: StageDir) -> None:
         sdir.remove_manifest()
 
 
+# Seconds the running items get to finish after the first Ctrl-C / SIGTERM / SIGHUP, so the
+# process exits well within 2 s (a batch scheduler's SIGKILL follows its SIGTERM).
+STOP_GRACE_SECONDS = 1.0
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+
+
+class StopRequests:
+    """While active (main thread only), a first stop signal sets ``signum`` (the loop then
+    drains what finished and stops) when ``graceful``, else raises KeyboardInterrupt; a
+    second one always raises at once."""
+
+    def __init__(self, graceful: bool):
+        self.graceful = graceful
+        self.signum: int | None = None
+        self._saved: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.graceful and self.signum is None:
+            self.signum = signum
+            return
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+
+
 def _process(stage: Stage, ctx: Context, todo: list[Item], workers: int, console: Console):
-    """Yield (item, status, data) as items finish, with a progress bar."""
+    """Yield (item, status, data) as items finish, with a progress bar.
+
+    A stop signal (Ctrl-C, SIGTERM, SIGHUP) ends with KeyboardInterrupt after every item
+    that finished was yielded (so its record is written): in-process, the running item is
+    abandoned (its temporary files go with it); with workers, no new item starts, running
+    ones get STOP_GRACE_SECONDS, then the workers are killed and their temporary files
+    removed.
+    """
     if not todo:
         return
     columns = (TextColumn(f"[bold]{stage.name}[/]"), BarColumn(), MofNCompleteColumn(),
@@ -378,39 +422,91 @@ def _process(stage: Stage, ctx: Context, todo: list[Item], workers: int, console
                TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(stage.name, total=len(todo), current="")
+
+        def finished(item: Item, status: str, data: dict):
+            progress.update(task, current=item.id)
+            progress.advance(task)
+            return item, status, data
+
         if workers <= 1 or len(todo) == 1:
-            for item in todo:
-                progress.update(task, current=item.id)
-                status, data = _run_one(stage, ctx, item)
-                progress.advance(task)
-                yield item, status, data
-            return
-        mp = multiprocessing.get_context("spawn")  # no fork of a process holding TF/cv2 state
-        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp,
-                                    initializer=_exit_with_parent,
-                                    initargs=(os.getpid(),)) as pool:
-            futures = {pool.submit(_run_one, stage, ctx, item): item for item in todo}
-            try:
-                for future in cf.as_completed(futures):
-                    item = futures[future]
-                    status, data = future.result()
+            with StopRequests(graceful=False):
+                for item in todo:
                     progress.update(task, current=item.id)
-                    progress.advance(task)
-                    yield item, status, data
-            except BaseException:  # the stage stops: do not start the queued items
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
+                    yield finished(item, *_run_one(stage, ctx, item))
+            return
+        yield from _process_in_workers(stage, ctx, todo, workers, finished)
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Worker initializer: a worker whose parent was killed (SIGKILL) exits too, before the
-    re-run starts on Linux (PR_SET_PDEATHSIG), else within a second; a worker that lives on
-    would write the clip the re-run is writing."""
-    import contextlib
-    import signal
+def _process_in_workers(stage: Stage, ctx: Context, todo: list[Item], workers: int,
+                        finished: Callable):
+    _start_resource_tracker_deaf_to_hangup()
+    mp = multiprocessing.get_context("spawn")  # no fork of a process holding TF/cv2 state
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp,
+                                  initializer=_worker_init, initargs=(os.getpid(),))
+    clean_exit = False
+    try:
+        with StopRequests(graceful=True) as stop:
+            # Workers start while submitting: blocked signals stay blocked in them (the mask
+            # is inherited) until _worker_init ignores them, so a Ctrl-C that reaches the
+            # process group while a worker is still importing cannot kill it; here they are
+            # delivered once unblocked.
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                futures = {pool.submit(_run_one, stage, ctx, item): item for item in todo}
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            pending = set(futures)
+            while pending and stop.signum is None:
+                done, pending = cf.wait(pending, timeout=0.2,
+                                        return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    yield finished(futures[future], *future.result())
+            if stop.signum is not None:
+                for future in pending:
+                    future.cancel()
+                done, _ = cf.wait(pending, timeout=STOP_GRACE_SECONDS)
+                for future in done:
+                    if not future.cancelled() and future.exception() is None:
+                        yield finished(futures[future], *future.result())
+                raise KeyboardInterrupt
+        clean_exit = True
+    finally:
+        if clean_exit:
+            pool.shutdown(wait=True)
+        else:  # stopped, or an error ends the stage: abandon the running items at once
+            pids = set(getattr(pool, "_processes", None) or {})
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                with contextlib.suppress(Exception):
+                    process.kill()
+            pool.shutdown(wait=False, cancel_futures=True)
+            ctx.stage.remove_temp_files(pids | {os.getpid()})
+
+
+def _start_resource_tracker_deaf_to_hangup() -> None:
+    """multiprocessing's helper process ignores SIGINT and SIGTERM but dies of the SIGHUP a
+    closed terminal sends the group, then warns; started with SIGHUP ignored (kept across
+    exec) it outlives the hang-up until this process ends."""
+    from multiprocessing import resource_tracker
+
+    if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def _worker_init(parent: int) -> None:
+    """Worker initializer: stop signals are the parent's to handle (it drains, then kills
+    the workers); a worker whose parent was killed (SIGKILL) exits too, before the re-run
+    starts on Linux (PR_SET_PDEATHSIG), else within a second: a worker that lives on would
+    write the clip the re-run is writing."""
     import sys
-    import threading
 
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     if sys.platform.startswith("linux"):
         import ctypes
 

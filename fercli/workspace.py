@@ -38,8 +38,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}",
-                                    dir=path.parent)
+    # The writer's pid in the name lets an interrupted run remove exactly its own leftovers.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.",
+                                    suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -236,12 +237,14 @@ class StageDir:
         return sorted(p.stem for p in self.records_dir.glob("*.json")
                       if not p.name.startswith("."))
 
-    def remove_temp_files(self) -> int:
-        """Delete temporary files a killed run left (call only while holding the stage lock
-        with no shards running: a shard's temp file may be in use)."""
+    def remove_temp_files(self, pids: set[int] | None = None) -> int:
+        """Delete temporary files a killed run left: all of them (call only while holding the
+        stage lock with no shards running: a shard's temp file may be in use), or only those
+        written by ``pids`` (this process and its killed workers)."""
         if not self.root.is_dir():
             return 0
-        leftovers = [p for p in self.root.rglob(".*tmp*") if p.is_file()]
+        leftovers = [p for p in self.root.rglob(".*tmp*") if p.is_file()
+                     and (pids is None or any(f".{pid}." in p.name for pid in pids))]
         for path in leftovers:
             path.unlink(missing_ok=True)
         return len(leftovers)

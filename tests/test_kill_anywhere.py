@@ -72,7 +72,7 @@ TRAINING = ["cv-train", "finalize"]
 KILL_TABLE = Path(os.environ.get("FER_KILL_TABLE",
                                  Path(tempfile.gettempdir()) / "kill_table.md"))
 POLL_S = 0.002
-ORPHAN_EXIT_S = 5.0  # engine._exit_with_parent: at once on Linux, else within a second
+ORPHAN_EXIT_S = 5.0  # engine._worker_init: at once on Linux, else within a second
 
 
 # --------------------------------------------------------------------------- processes
@@ -106,7 +106,7 @@ def kill_group(pgid: int) -> None:
 
 
 def wait_orphans_gone(pgid: int, timeout: float) -> None:
-    """A killed run's workers must exit by themselves (engine._exit_with_parent)."""
+    """A killed run's workers must exit by themselves (engine._worker_init)."""
     deadline = time.monotonic() + timeout
     while live_group_members(pgid):
         if time.monotonic() > deadline:

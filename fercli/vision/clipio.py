@@ -30,8 +30,9 @@ BOX_COLUMNS = ("frame", "x", "y", "w", "h", "source")
 
 
 def temp_path_for(path: Path) -> Path:
-    """Hidden sibling of ``path`` that keeps its extension, so the container is the same."""
-    return path.with_name(f".{path.stem}.tmp{path.suffix}")
+    """Hidden sibling of ``path`` that keeps its extension, so the container is the same;
+    the writer's pid in the name lets an interrupted run remove exactly its own leftovers."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
 
 
 class ClipWriter:
