@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -104,6 +105,23 @@ def test_finalize_writes_model_epochs_and_test_probabilities(work):
     assert (run_dir / "model.keras").stat().st_size > 0
     test = rows(run_dir / "test_probs.csv")
     assert len(test) == 6 and info["test_rows"] == 6
+    versions = json.loads((run_dir / "versions.json").read_text())
+    assert versions["python"] == platform.python_version()
+    assert versions["libraries"]["numpy"] == np.__version__
+
+
+def test_versions_name_python_the_key_libraries_and_every_distribution():
+    import h5py
+    import tensorflow as tf
+
+    from fercli import __version__
+    from fercli.versions import collect_versions
+
+    versions = collect_versions()
+    libraries = versions["libraries"]
+    assert libraries["fercli"] == __version__ and libraries["h5py"] == h5py.__version__
+    assert libraries["tensorflow"] == tf.__version__ and libraries["opencv-contrib-python"]
+    assert set(libraries) <= set(map(str.lower, versions["installed"]))
 
 
 def test_run_with_one_model_skips_fuse_and_writes_the_report(work, fer):

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from ..config import Config
 from ..engine import Context, Item, ItemOutput, Stage
+from ..versions import write_versions
 from ..workspace import atomic_path, atomic_write_json, atomic_write_text, read_json
 from .cv_train import (
     CvTrainStage,
@@ -124,4 +125,4 @@ class FinalizeStage(Stage):
         atomic_write_text(config_yaml, yaml.safe_dump(ctx.config.data, sort_keys=False))
         classes_json = run_root / "classes.json"
         atomic_write_json(classes_json, data.classes)
-        return outputs + [model_json, config_yaml, classes_json]
+        return outputs + [model_json, config_yaml, classes_json, write_versions(run_root)]
