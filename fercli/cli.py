@@ -27,7 +27,7 @@ from .engine import (
     stage_states,
     summary_table,
 )
-from .errors import FerError, ItemsFailedError, MissingUpstreamError
+from .errors import FerError, ItemsFailedError, MissingUpstreamError, access_error
 from .stages import PIPELINE
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -63,9 +63,11 @@ def handle_errors(func: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except FerError as exc:
+        except (FerError, OSError) as exc:
             if _state["debug"]:
                 raise
+            if isinstance(exc, OSError):  # permission, read-only, not a folder, ...
+                exc = access_error(exc)
             console.print(f"[bold red]Error:[/] {escape(str(exc))}", soft_wrap=True, markup=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP (see main)

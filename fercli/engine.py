@@ -49,6 +49,7 @@ from .errors import (
     ItemsFailedError,
     LockError,
     MissingUpstreamError,
+    access_error,
 )
 from .verify import check_stage_outputs
 from .workspace import SCHEMA_VERSION, StageDir, check_item_id, disk_full, file_entry
@@ -265,9 +266,13 @@ def _run_one(stage: Stage, ctx: Context, item: Item) -> tuple[str, dict]:
     except FerError as exc:
         return "failed", {"reason": str(exc), "retry": True,
                           "seconds": time.perf_counter() - started}
-    except Exception as exc:  # noqa: BLE001 - one bad item must not stop the others
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # ...but a full disk does
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:  # every later item would fail the same way
             raise disk_full(exc.filename or f"{ctx.stage.root} (item {item.id})") from exc
+        # Permission and the like: this item fails with one clear line; retried next run.
+        return "failed", {"reason": str(access_error(exc)), "retry": True,
+                          "seconds": time.perf_counter() - started}
+    except Exception as exc:  # noqa: BLE001 - one bad item must not stop the others
         return "failed", {"reason": f"unexpected {type(exc).__name__}: {exc}", "retry": True,
                           "traceback": traceback.format_exc(limit=5),
                           "seconds": time.perf_counter() - started}
@@ -560,7 +565,9 @@ def summary_table(result: StageResult) -> Table:
 def raise_if_failed(result: StageResult) -> None:
     if result.n_failed and not result.skipped:
         first_id, first_reason = result.failures[0]
+        others = ("no item succeeded: fix the cause above before going on"
+                  if result.n_failed == result.n_items else "the other items are complete")
         raise ItemsFailedError(f"{result.n_failed} of {result.n_items} items failed "
                                f"(first: {first_id}: {first_reason})",
                                hint=f"See `fer status` and work/{result.name}/records; "
-                                    "the other items are complete")
+                                    f"{others}")

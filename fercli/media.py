@@ -23,7 +23,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from .errors import ItemError
+from .errors import ItemError, access_error
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 FRAME_LIST_SUFFIX = ".frames"
@@ -151,12 +151,23 @@ def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
         yield from _iter_video(path)
 
 
+def readable(path: Path) -> None:
+    """OpenCV says 'cannot open' for a file it may not read: tell permission from damage."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ItemError(f"file is not readable ({access_error(exc).detail}), not damaged",
+                        path=path, hint="Give this user read access (chmod/chown)") from None
+
+
 def _iter_video(path: Path) -> Iterator[np.ndarray]:
     if not path.is_file():
         raise ItemError("video file not found", path=path, hint="Re-run `fer index`")
     if path.stat().st_size == 0:
         raise ItemError("video file is empty (0 bytes)", path=path,
                         hint="Copy the file again from the original dataset")
+    readable(path)
     capture = cv2.VideoCapture(opencv_name(path))
     try:
         if not capture.isOpened():
@@ -191,6 +202,7 @@ def _iter_images(images: list[Path], folder: Path | None) -> Iterator[np.ndarray
         if folder is None and not image_path.is_file():
             raise ItemError("frame file not found", path=image_path,
                             hint="Restore the file or re-run `fer index`")
+        readable(image_path)
         frame = cv2.imread(opencv_name(image_path, folder), cv2.IMREAD_COLOR)
         if frame is None:
             raise ItemError(f"{name} cannot be decoded", path=where,

@@ -136,6 +136,11 @@ class FinalizedRun:
     def max_frames(self) -> int:
         return int(self.info["max_frames"])
 
+    @property
+    def min_frames(self) -> int:
+        """Frames of the shortest training item (runs finalized before it was recorded: 1)."""
+        return int(self.info.get("min_frames", 1))
+
     def encoder_key(self) -> tuple:
         """Runs with equal keys read identical per-frame inputs (computed once for all)."""
         if self.is_clip:
@@ -560,16 +565,19 @@ def build_predictor(run_dirs: Sequence[Path], fusion_method: str | None,
 
 # --------------------------------------------------------------------------- inputs
 def list_videos(inputs: Sequence[Path], extensions: Sequence[str]) -> list[Path]:
-    """Expand folders: a frame-sequence folder is one video; other folders give their videos
-    and the frame-sequence folders directly inside them."""
+    """Expand folders: a folder holding videos gives each video (and each frame-sequence
+    folder inside it; a stray image there is not a frame); a folder holding only images is
+    one frame sequence."""
     videos: list[Path] = []
     for path in map(Path, inputs):
-        if path.is_file() or is_sequence_dir(path):
+        if path.is_file():
             videos.append(path)
         elif path.is_dir():
-            found = sorted(p for p in path.iterdir()
-                           if (p.is_file() and p.suffix.lower() in extensions)
-                           or is_sequence_dir(p))
+            entries = sorted(path.iterdir())
+            found = [p for p in entries if not p.name.startswith(".") and (
+                (p.is_file() and p.suffix.lower() in extensions) or is_sequence_dir(p))]
+            if not found and is_sequence_dir(path):
+                found = [path]
             if not found:
                 raise InputError(f"no videos ({', '.join(extensions)}) or frame-sequence "
                                  "folders in it", path=path,
@@ -659,6 +667,20 @@ def predict_video(path: Path, predictor: Predictor, detector: FaceDetector,
     if result["status"] in ("no face", "several faces"):
         result["reason"] = _faceless_reason(result["status"], result["sampled_frames"],
                                             counts["several faces"], result["face_frames"])
+    shortest = max(run.min_frames for run in predictor.runs)
+    if result["status"] == "ok" and result["face_frames"] < shortest:
+        result.update(status="too short", reason=(
+            f"{result['face_frames']} face frame(s); the model learnt from sequences of at "
+            f"least {shortest} frames, so its answer would be chance. Give a longer video "
+            "(a still needs a model trained on stills, index.stills=true)"))
+        for key in ("label", "confidence", "probabilities", "mapped_label",
+                    "mapped_probabilities", "distribution", "mapped_distribution"):
+            result.pop(key, None)
+        for window in result.get("windows", []):  # no window's label means more
+            for key in ("label", "confidence", "probabilities", "mapped_label",
+                        "mapped_probabilities"):
+                window.pop(key, None)
+            window["status"] = "too short" if window["status"] == "ok" else window["status"]
     return result
 
 

@@ -66,7 +66,7 @@ def make_run(workdir: Path, name: str, model_name: str, params: dict, input_shap
     info = {"run": name, "model": model_name, "classes": CLASSES,
             "input_shape": list(input_shape),
             "backbone": None if clip_size else config["extract"], "clip_size": clip_size,
-            "color": True, "max_frames": MAX_FRAMES}
+            "color": True, "max_frames": MAX_FRAMES, "min_frames": 2}
     (run_dir / "model.json").write_text(json.dumps(info))
     (run_dir / "classes.json").write_text(json.dumps(CLASSES))
     return run_dir
@@ -98,12 +98,16 @@ def videos(tmp_path_factory) -> dict[str, Path]:
     write_video(mixed / "blank.avi", [blank] * 20)
     write_video(mixed / "two_faces.avi", [np.hstack([clips[0][0], clips[0][0]])] * 6)
     (mixed / "corrupt.avi").write_bytes(b"\x00\x01not a video" * 200)
+    cv2.imwrite(str(mixed / "cover.png"), clips[0][0])  # a stray image is not a frame sequence
+    still = root / "still.png"
+    cv2.imwrite(str(still), clips[0][5])
     sequence = root / "sequence"
     sequence.mkdir()
     for i, frame in enumerate(clips[0][:12], start=1):
         cv2.imwrite(str(sequence / f"frame_{i:04d}.png"), frame)
     return {"mixed": mixed, "long": write_video(root / "long.avi", long),
             "n_long": len(long), "sample": mixed / "F001_happy.avi", "sequence": sequence,
+            "still": still,
             "clip_lengths": [len(c) for c in clips]}
 
 
@@ -141,6 +145,16 @@ def test_bad_videos_get_a_status_and_the_good_ones_complete(whole):
         assert (whole / name / "prediction.csv").is_file()
     sequence = load(whole, "sequence")
     assert (sequence["frames"], sequence["fps"], sequence["face_frames"]) == (12, 25.0, 12)
+
+
+def test_a_still_is_too_short_for_a_model_of_sequences(runs, videos, tmp_path):
+    """One face frame read by a model that learnt from sequences would be chance: the
+    still gets its own status and no label (issue 15)."""
+    predict_videos([videos["still"]], [runs["feature"]], tmp_path)
+    result = load(tmp_path, "still")
+    assert result["status"] == "too short" and "label" not in result
+    assert "at least 2 frames" in result["reason"]
+    assert summary(tmp_path)[0]["status"] == "too short"
 
 
 def test_whole_video_prediction_is_a_distribution(whole):

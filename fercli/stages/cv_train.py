@@ -115,6 +115,14 @@ class TrainingData:
 
         return test_rows(self.table)
 
+    def shortest(self, rows: np.ndarray) -> int:
+        """Frames in the shortest of these rows (a model of stills has seen 1-frame items)."""
+        if self.clip:
+            lengths = [self.table.clips[r][2] - self.table.clips[r][1] + 1 for r in rows]
+        else:
+            lengths = self.table.lengths[rows]
+        return int(min(lengths, default=1))
+
     def dataset(self, rows: np.ndarray, *, batch_size: int, shuffle: bool, seed: int,
                 training: bool = False):
         from ..datasets import clip_dataset, feature_dataset

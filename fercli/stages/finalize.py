@@ -111,6 +111,7 @@ class FinalizeStage(Stage):
                 "backbone": None if data.clip else ExtractStage().params(ctx.config)["extract"],
                 "clip_size": params["clip_size"] if data.clip else None,
                 "color": params["color"], "max_frames": params["max_frames"],
+                "min_frames": data.shortest(data.final_rows()),
                 "identity": data.identity}
         if len(test_rows):
             info["test_accuracy"], info["test_uar"] = data.write_probabilities(

@@ -86,22 +86,72 @@ def natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in _DIGITS.split(name)]
 
 
-def _walk(root: Path, video_extensions: list[str]) -> tuple[list[Candidate],
-                                                             dict[Path, list[Path]]]:
-    """Video files, and the image files of every folder (root included) that holds some."""
+def _walk(root: Path, video_extensions: list[str], excluded: list[Excluded] | None = None,
+          skip: tuple[Path, ...] = ()) -> tuple[list[Candidate], dict[Path, list[Path]]]:
+    """Video files, and the image files of every folder (root included) that holds some.
+
+    Folder links are followed, each real folder once (so a link loop ends); hidden names,
+    the work folder (``skip``) and any other fercli stage folder are never read, so outputs
+    never become inputs. Dangling links, unreadable folders, link loops and other runs'
+    stage folders are listed in ``excluded`` with their reason.
+    """
     extensions = {e.lower() for e in video_extensions}
-    videos, images = [], {}
-    for path in sorted(root.rglob("*")):
-        if any(part.startswith(".") for part in path.relative_to(root).parts):
+    skip_real = {p.resolve() for p in skip}
+    videos, images, seen = [], {}, set()
+    left_out = excluded if excluded is not None else []
+
+    def unreadable(exc: OSError) -> None:
+        why = "permission denied" if isinstance(exc, PermissionError) else exc.strerror
+        left_out.append(Excluded(_rel(root, Path(exc.filename)) + "/",
+                                 f"folder is not readable ({why}); its files are not indexed"))
+
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=unreadable):
+        here = Path(folder)
+        real = here.resolve()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if real in seen:
+            left_out.append(Excluded(_rel(root, here) + "/", "link to a folder already "
+                                     "indexed (a link loop or a second link); read once"))
+            dirs[:] = []
             continue
-        if not path.is_file():
+        seen.add(real)
+        if here != root and real in skip_real:  # this run's own work folder: silently
+            dirs[:] = []
             continue
-        suffix = path.suffix.lower()
-        if suffix in extensions:
-            videos.append(Candidate(path, path.relative_to(root).as_posix(), "video"))
-        elif suffix in IMAGE_EXTENSIONS:
-            images.setdefault(path.parent, []).append(path)
-    return videos, images
+        if here != root and _is_stage_folder(here, files, dirs):
+            left_out.append(Excluded(_rel(root, here) + "/", "fercli work folder: outputs "
+                                     "are never indexed"))
+            dirs[:] = []
+            continue
+        for name in sorted(files):
+            path = here / name
+            if name.startswith("."):
+                continue
+            if not path.exists():
+                left_out.append(Excluded(_rel(root, path), "dangling symbolic link; fix or "
+                                         "remove it"))
+                continue
+            if not path.is_file():
+                continue
+            suffix = path.suffix.lower()
+            if suffix in extensions:
+                videos.append(Candidate(path, _rel(root, path), "video"))
+            elif suffix in IMAGE_EXTENSIONS:
+                images.setdefault(here, []).append(path)
+    return sorted(videos, key=lambda c: c.rel), images
+
+
+def _is_stage_folder(folder: Path, files: list[str], dirs: list[str]) -> bool:
+    """A fercli stage folder: a manifest of ours, or per-item records (a killed run)."""
+    if "records" in dirs and any((folder / "records").glob("*.json")):
+        return True
+    if "manifest.json" not in files:
+        return False
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and {"stage", "params_hash"} <= manifest.keys()
 
 
 def _rel(root: Path, path: Path) -> str:
@@ -109,9 +159,11 @@ def _rel(root: Path, path: Path) -> str:
     return "" if rel == "." else rel
 
 
-def find_candidates(root: Path, video_extensions: list[str]) -> list[Candidate]:
+def find_candidates(root: Path, video_extensions: list[str],
+                    excluded: list[Excluded] | None = None,
+                    skip: tuple[Path, ...] = ()) -> list[Candidate]:
     """Every video file and every folder below root that directly holds images, by path."""
-    videos, images = _walk(root, video_extensions)
+    videos, images = _walk(root, video_extensions, excluded, skip)
     folders = [Candidate(f, _rel(root, f), "sequence") for f in images if f != root]
     return sorted(videos + folders, key=lambda c: c.rel)
 
@@ -191,7 +243,7 @@ def _ckplus_label(root: Path, rel: str) -> str | None:
 
 
 def _layout_candidates(root: Path, params: dict, compiled: list[re.Pattern],
-                       excluded: list[Excluded]) -> list[Candidate]:
+                       excluded: list[Excluded], skip: tuple[Path, ...]) -> list[Candidate]:
     """Videos plus the image folders read as sequences, grouped sequences or stills.
 
     ``index.group`` set (or the preset's): every image folder is split into sequences.
@@ -199,7 +251,7 @@ def _layout_candidates(root: Path, params: dict, compiled: list[re.Pattern],
     sequence; auto: a folder is one sequence when its path matches the pattern, else its
     images are items when their names match it (JAFFE, ``<label>/<image>``).
     """
-    videos, images = _walk(root, params["video_extensions"])
+    videos, images = _walk(root, params["video_extensions"], excluded, skip)
     group = params["group"] or PRESET_GROUPS.get(params["preset"])
     stills = params["stills"]
     if group and stills is True:
@@ -233,8 +285,10 @@ def _layout_candidates(root: Path, params: dict, compiled: list[re.Pattern],
     return sorted(out, key=lambda c: c.rel)
 
 
-def scan_dataset(params: dict) -> tuple[list[dict], list[Excluded]]:
-    """Pure scan of the dataset root: items to index and files left out, with reasons."""
+def scan_dataset(params: dict, skip: tuple[Path, ...] = ()) -> tuple[list[dict],
+                                                                    list[Excluded]]:
+    """Pure scan of the dataset root: items to index and files left out, with reasons;
+    ``skip``: folders never read (the work folder, when it lies inside the root)."""
     if not params["root"]:
         raise ConfigError("index.root is not set", hint="Pass --set index.root=PATH "
                           "or set it in fer.yaml")
@@ -252,7 +306,8 @@ def scan_dataset(params: dict) -> tuple[list[dict], list[Excluded]]:
     if preset == "csv":
         labelled = _from_csv(root, params, excluded)
     elif preset == "ckplus":
-        candidates = [c for c in find_candidates(root, params["video_extensions"])
+        candidates = [c for c in find_candidates(root, params["video_extensions"],
+                                                      excluded, skip)
                       if not c.rel.startswith("Emotion/")]
         for cand in candidates:
             if printable(cand.rel) != cand.rel:  # OpenCV would crash on the name
@@ -272,7 +327,7 @@ def scan_dataset(params: dict) -> tuple[list[dict], list[Excluded]]:
                                    "carry one, (?P<subject>...)")
         patterns = PRESET_PATTERNS.get(preset) or [params["pattern"] or ""]
         compiled = [_compile(p) for p in patterns]
-        for cand in _layout_candidates(root, params, compiled, excluded):
+        for cand in _layout_candidates(root, params, compiled, excluded, skip):
             if printable(cand.rel) != cand.rel:  # OpenCV would crash on the name
                 excluded.append(Excluded(printable(cand.rel), "file name is not valid UTF-8; "
                                          "rename it"))
@@ -423,13 +478,13 @@ class IndexStage(Stage):
         return {"sequence_fps": params["index"]["sequence_fps"]}  # probing uses only this
 
     def source_fingerprint(self, config: Config) -> str:
-        items, excluded = scan_dataset(self.params(config)["index"])
+        items, excluded = scan_dataset(self.params(config)["index"], (config.workdir,))
         listing = [(i["rel"], _item_fingerprint(i)) for i in items]
         listing += [(e.rel, e.reason) for e in excluded]
         return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
     def list_items(self, ctx: Context) -> list[Item]:
-        items, self.excluded = scan_dataset(ctx.params["index"])
+        items, self.excluded = scan_dataset(ctx.params["index"], (ctx.workdir,))
         return [Item(i["id"], {**_item_fingerprint(i), "rel": i["rel"],
                                "subject": i["subject"], "label": i["label"]}, i)
                 for i in items]
@@ -480,7 +535,7 @@ class IndexStage(Stage):
         atomic_write_json(classes_json, classes)
         excluded = getattr(self, "excluded", None)
         if excluded is None:
-            excluded = scan_dataset(ctx.params["index"])[1]
+            excluded = scan_dataset(ctx.params["index"], (ctx.workdir,))[1]
         excluded_csv = out.path("excluded.csv")
         atomic_write_text(excluded_csv, _csv_text(["path", "reason"],
                                                   [{"path": e.rel, "reason": e.reason}

@@ -211,9 +211,11 @@ def detect_first_face(
     if not several:
         raise ItemError(
             f"no face found in the first {len(counts)} frames",
-            hint="Check the video, or try another detector or a lower min_neighbors.",
+            hint="Check the video; or look at more frames (--set detect.frames_allowed=N), "
+                 "or try another detector (detect.detector) or a lower detect.min_neighbors.",
         )
     raise ItemError(
         f"{max(several)} faces found in the first {len(counts)} frames, expected exactly one",
-        hint="Raise min_neighbors or crop the video to one person.",
+        hint="Raise detect.min_neighbors, look at more frames (--set "
+             "detect.frames_allowed=N) or crop the video to one person.",
     )
