@@ -196,3 +196,27 @@ def test_every_os_error_names_its_path_and_a_remedy(code, words):
     error = access_error(OSError(code, os.strerror(code), "/data/x"))
     text = str(error)
     assert text.startswith("/data/x: ") and words in text and ". " in text
+
+
+# --------------------------------------------------------------------------- messages
+def test_when_every_item_failed_no_one_is_told_the_others_are_complete():
+    from fercli.engine import StageResult, raise_if_failed
+    from fercli.errors import ItemsFailedError
+
+    for failed, words in ((3, "no item succeeded"), (1, "the other items are complete")):
+        result = StageResult("detect", skipped=False, n_items=3, n_failed=failed,
+                             failures=[("F001_happy", "no face")] * failed)
+        with pytest.raises(ItemsFailedError, match=words):
+            raise_if_failed(result)
+
+
+def test_no_face_hint_names_the_setting_that_looks_further():
+    import numpy as np
+
+    from fercli.errors import ItemError
+    from fercli.vision.detect import detect_first_face, make_detector
+
+    blank = [np.zeros((120, 160, 3), np.uint8)] * 12
+    with pytest.raises(ItemError, match=r"no face found in the first 10 frames.*"
+                                        r"detect\.frames_allowed"):
+        detect_first_face(blank, make_detector("haar"), frames_allowed=10)
