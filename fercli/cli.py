@@ -247,12 +247,15 @@ def predict(inputs: List[Path] = typer.Argument(..., help="Videos, frame-sequenc
                                                           "(repeatable; seed 004)."),
             out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder "
                                                    "(default: <workdir>/predict)."),
+            shard: Optional[str] = ShardOpt,
             config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt):
     """Classify new videos of any length with a finalized model (or a fusion of several).
 
     Uses the run's own saved config (detect, track, trim, backbone): no training data needed.
     Writes per video prediction.json/.csv (and timeline + distribution with --window) and a
     summary.csv; a video with no face, several faces or unreadable gets its status there.
+    Inputs may be videos, folders, or .txt files listing videos. Each finished video is
+    recorded (out/records): a killed or re-submitted job redoes none of them.
     """
     from .predict import parse_label_map, predict_videos
     from .stages.fuse import finalized_runs
@@ -269,7 +272,7 @@ def predict(inputs: List[Path] = typer.Argument(..., help="Videos, frame-sequenc
     rows = predict_videos(list(inputs), run_dirs, out_dir or cfg.workdir / "predict",
                           fusion_method=fusion, window=window, stride=stride, every=every,
                           label_map=parse_label_map(label_map) if label_map else None,
-                          console=console)
+                          shard=parse_shard(shard), console=console)
     table = Table(title="fer predict")
     for col in ("video", "status", "label", "confidence", "windows"):
         table.add_column(col)

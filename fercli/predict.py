@@ -51,6 +51,7 @@ import yaml
 from .errors import ConfigError, InputError, ItemError
 from .identity import BASELINE_FRAMES
 from .media import is_sequence_dir, iter_frames, sequence_frames
+from .predict_records import PredictRecords, run_fingerprint, shard_of
 from .stages.detect import detector_from_params
 from .stages.fuse import METHODS, fuse_scores
 from .vision.detect import Box, FaceDetector, extend_box
@@ -62,6 +63,8 @@ DEFAULT_VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov")
 PREDICT_BATCH = 16  # sequences per forward pass (windows of hours of video stream through)
 TRIM_KEYS = ("min_frames_end", "threshold_ratio", "max_cut_ratio", "anomaly_last_frames")
 SUMMARY_COLUMNS = ["video", "status", "reason", "label", "confidence", "n_windows"]
+LIST_SUFFIXES = (".txt", ".list", ".lst")  # a file of video paths, one per line
+RUN_FILES = ("model.keras", "model.json", "config.yaml", "classes.json")
 
 
 # --------------------------------------------------------------------------- label map
@@ -151,19 +154,23 @@ class FinalizedRun:
                 bool(self.info["color"]))
 
 
+def run_config(run_dir: Path) -> dict:
+    """The saved config of a finalized run folder, after checking the folder is one."""
+    missing = [n for n in RUN_FILES if not (Path(run_dir) / n).is_file()]
+    if missing:
+        raise ConfigError(f"{run_dir} is not a finalized run folder (no {', '.join(missing)})",
+                          hint="Give a folder work/finalize/runs/<run> written by "
+                               "`fer finalize`")
+    return yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8"))
+
+
 def load_run(run_dir: Path) -> FinalizedRun:
     """Read a finalized run folder: model.keras, model.json, config.yaml, classes.json."""
     from .training import load_model
 
     run_dir = Path(run_dir)
-    missing = [n for n in ("model.keras", "model.json", "config.yaml", "classes.json")
-               if not (run_dir / n).is_file()]
-    if missing:
-        raise ConfigError(f"{run_dir} is not a finalized run folder (no {', '.join(missing)})",
-                          hint="Give a folder work/finalize/runs/<run> written by "
-                               "`fer finalize`")
+    config = run_config(run_dir)
     info = read_json(run_dir / "model.json", "model.json")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     classes = list(read_json(run_dir / "classes.json", "classes.json"))
     # <workdir>/finalize/runs/<run> -> <workdir>/cv-train/runs/<run>/run.json
     cv_json = run_dir.resolve().parent.parent.parent / "cv-train" / "runs" / run_dir.name \
@@ -565,12 +572,14 @@ def build_predictor(run_dirs: Sequence[Path], fusion_method: str | None,
 
 # --------------------------------------------------------------------------- inputs
 def list_videos(inputs: Sequence[Path], extensions: Sequence[str]) -> list[Path]:
-    """Expand folders: a folder holding videos gives each video (and each frame-sequence
-    folder inside it; a stray image there is not a frame); a folder holding only images is
-    one frame sequence."""
+    """Expand folders and list files: a folder holding videos gives each video (and each
+    frame-sequence folder inside it; a stray image there is not a frame); a folder holding
+    only images is one frame sequence; a ``.txt`` file lists inputs, one per line."""
     videos: list[Path] = []
     for path in map(Path, inputs):
-        if path.is_file():
+        if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+            videos.extend(list_videos(read_video_list(path), extensions))
+        elif path.is_file():
             videos.append(path)
         elif path.is_dir():
             entries = sorted(path.iterdir())
@@ -586,6 +595,20 @@ def list_videos(inputs: Sequence[Path], extensions: Sequence[str]) -> list[Path]
         else:
             raise InputError("no such file or folder", path=path, hint="Check the path")
     return videos
+
+
+def read_video_list(path: Path) -> list[Path]:
+    """Inputs named in a list file (one per line, ``#`` comments; relative to the file)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise InputError("list file is not UTF-8 text", path=path,
+                         hint="Give one video path per line") from None
+    entries = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if not entries:
+        raise InputError("list file names no video", path=path,
+                         hint="Give one video path per line")
+    return [path.parent / entry for entry in entries]
 
 
 def output_names(videos: Sequence[Path]) -> list[str]:
@@ -916,7 +939,7 @@ def predict_videos(inputs: list[Path], run_dirs: list[Path], out_dir: Path, *,
                    fusion_method: str | None = None, window: float | None = None,
                    stride: float | None = None, every: int = 1,
                    label_map: dict[str, list[str]] | None = None,
-                   console=None) -> list[dict]:
+                   shard: tuple[int, int] | None = None, console=None) -> list[dict]:
     """Predict every input video with one finalized run or a fusion of several.
 
     Writes ``out_dir/<video>/prediction.json`` and ``prediction.csv`` (plus timeline and
@@ -932,19 +955,39 @@ def predict_videos(inputs: list[Path], run_dirs: list[Path], out_dir: Path, *,
     if window is not None and (window <= 0 or (stride is not None and stride <= 0)):
         raise ConfigError("--window and --stride must be positive seconds")
     settings = Settings(every, window, (stride or window) if window else None)
-    notes: list[str] = []
-    predictor = build_predictor(run_dirs, fusion_method, label_map, notes)
-    config = predictor.runs[0].config
-    extensions = tuple(e.lower() for e in config["index"].get("video_extensions")
+    configs = [run_config(Path(r)) for r in run_dirs]
+    if label_map:  # checked before anything is written
+        label_groups(label_map, read_json(Path(run_dirs[0]) / "classes.json", "classes.json"))
+    extensions = tuple(e.lower() for e in configs[0]["index"].get("video_extensions")
                        or DEFAULT_VIDEO_EXTENSIONS)
     videos = list_videos(inputs, extensions)
-    detector = detector_from_params(config["detect"])
+    names = output_names(videos)
     out_dir = Path(out_dir)
+    records = PredictRecords(out_dir, {
+        "runs": [run_fingerprint(Path(r), RUN_FILES) for r in run_dirs],
+        "fusion": fusion_method, "label_map": label_map, "every": every, "window": window,
+        "stride": settings.stride})
+    with records.lock(shard):
+        mine = shard_of(list(zip(videos, names)), shard)
+        todo = [(video, name) for video, name in mine if not records.done(name, video)]
+        if len(todo) < len(mine):
+            _say(console, f"predict: {len(mine) - len(todo)} of {len(mine)} videos already "
+                          f"done (records in {records.folder}), {len(todo)} to do")
+        if todo:  # TensorFlow and the models load only when there is work
+            _predict_todo(todo, videos, names, records, run_dirs, fusion_method, label_map,
+                          settings, out_dir, console)
+        return records.rows(videos, names)
+
+
+def _predict_todo(todo, videos, names, records, run_dirs, fusion_method, label_map, settings,
+                  out_dir, console) -> None:
+    notes: list[str] = []
+    predictor = build_predictor(run_dirs, fusion_method, label_map, notes)
+    detector = detector_from_params(predictor.runs[0].config["detect"])
     for note in notes:
         _say(console, f"[yellow]predict: {note}[/]")
-    summary: list[dict] = []
     with _progress(console) as progress:
-        for video, name in zip(videos, output_names(videos)):
+        for video, name in todo:
             result = _predict_one(video, predictor, detector, settings, progress)
             result["notes"] = notes + result.get("notes", [])
             write_outputs(out_dir / name, result, predictor)
@@ -952,10 +995,11 @@ def predict_videos(inputs: list[Path], run_dirs: list[Path], out_dir: Path, *,
             row["confidence"] = result.get("confidence")
             if predictor.groups:
                 row["mapped_label"] = result.get("mapped_label", "")
-            summary.append(row)
-            write_summary(out_dir / "summary.csv", summary, bool(predictor.groups))
+            records.write(name, video, row)
+            with records.summary_lock():
+                write_summary(out_dir / "summary.csv", records.rows(videos, names),
+                              bool(predictor.groups))
             _say(console, _line(name, result))
-    return summary
 
 
 def _predict_one(video: Path, predictor: Predictor, detector: FaceDetector,
