@@ -94,9 +94,13 @@ def _run(stage_name: str, config, force: bool = False, shard: Optional[str] = No
 
     result = api.run_stage(stage_name, config, force=force, shard=parse_shard(shard),
                            workers=workers, only=only, console=console)
+    _print_summary(result)
+    return result
+
+
+def _print_summary(result: StageResult) -> None:
     if not result.skipped:
         console.print(summary_table(result))
-    return result
 
 
 def _make_stage_command(stage_name: str) -> None:
@@ -161,10 +165,10 @@ def cv_train(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = Set
 
 
 _CUSTOM_COMMANDS = {"index": index, "track": track, "cv-train": cv_train}
-for _name, _stage in PIPELINE.items():  # in pipeline order, as `fer --help` lists them
+for _name in PIPELINE:  # in pipeline order, as `fer --help` lists them
     if _name in _CUSTOM_COMMANDS:
         app.command(_name)(_CUSTOM_COMMANDS[_name])
-    elif _stage is not None:
+    else:
         _make_stage_command(_name)
 
 
@@ -175,26 +179,12 @@ def run_pipeline(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] =
                                                      "run."),
                  workers: Optional[int] = WorkersOpt):
     """Run every stage in order, skipping what is up to date, then write the report."""
-    cfg = load_config(config, set_)
-    if until is not None and until not in PIPELINE:
-        raise FerError(f"--until {until!r} is not a stage; choose one of: "
-                       f"{', '.join(PIPELINE)}")
-    failed = []
-    for name, stage in PIPELINE.items():
-        if stage is None:
-            console.print(f"{name}: not implemented yet; stopping here")
-            break
-        result = _run(name, cfg, workers=workers)
-        if result.n_failed:
-            failed.append(f"{name} ({result.n_failed})")
-        if name == until:
-            break
-    else:  # the whole pipeline ran: the report closes it
-        from .report import write_report
+    from . import api
 
-        html_path, _, n_images = write_report(cfg.workdir, cfg.workdir / "report")
-        console.print(f"report: {html_path} ({n_images} figures)")
+    cfg = load_config(config, set_)
+    results = api.run_pipeline(cfg, until, workers, console, after_stage=_print_summary)
     _print_status(cfg)
+    failed = [f"{r.name} ({r.n_failed})" for r in results if r.n_failed]
     if failed:
         raise ItemsFailedError(f"items failed in: {', '.join(failed)}",
                                hint="See `fer status`; the other items are complete")
@@ -205,7 +195,7 @@ def _print_status(cfg) -> None:
     for col in ("stage", "status", "items", "failed", "why"):
         table.add_column(col)
     colours = {"up to date": "green", "stale": "yellow", "incomplete": "yellow",
-               "not run": "dim", "not implemented": "dim"}
+               "not run": "dim"}
     for name, st in stage_states(cfg, PIPELINE).items():
         items = str(st.n_items or st.n_done or "")
         table.add_row(name, f"[{colours[st.status]}]{st.status}[/]", items,

@@ -136,7 +136,7 @@ class Stage:
 @dataclass
 class StageState:
     name: str
-    status: str  # "up to date" | "stale" | "incomplete" | "not run" | "not implemented"
+    status: str  # "up to date" | "stale" | "incomplete" | "not run"
     reason: str = ""
     n_items: int = 0
     n_done: int = 0
@@ -153,13 +153,10 @@ def _param_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix.rstrip('.')} {old!r} -> {new!r}"]
 
 
-def stage_states(config: Config, registry: dict[str, Stage | None]) -> dict[str, StageState]:
+def stage_states(config: Config, registry: dict[str, Stage]) -> dict[str, StageState]:
     """Status of every stage, in pipeline order; staleness flows downstream."""
     states: dict[str, StageState] = {}
     for name, stage in registry.items():
-        if stage is None:
-            states[name] = StageState(name, "not implemented")
-            continue
         states[name] = _state_of(stage, config, states)
     return states
 
@@ -244,7 +241,7 @@ def _require_upstream(stage: Stage, config: Config,
     return hashes
 
 
-def context_for(stage: Stage, config: Config, registry: dict[str, Stage | None],
+def context_for(stage: Stage, config: Config, registry: dict[str, Stage],
                 states: dict[str, StageState] | None = None) -> Context:
     """The context a stage runs in, after checking that its upstream stages are done."""
     hashes = _require_upstream(stage, config, states or stage_states(config, registry))
@@ -280,7 +277,7 @@ def _run_one(stage: Stage, ctx: Context, item: Item) -> tuple[str, dict]:
                     "info": output.info, "seconds": time.perf_counter() - started}
 
 
-def run_stage(stage: Stage, config: Config, registry: dict[str, Stage | None], *,
+def run_stage(stage: Stage, config: Config, registry: dict[str, Stage], *,
               force: bool = False, shard: tuple[int, int] | None = None, workers: int = 1,
               only: list[str] | None = None, console: Console | None = None) -> StageResult:
     """Run one stage: skip if up to date, else process the items without a valid record.

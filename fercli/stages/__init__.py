@@ -1,4 +1,4 @@
-"""The pipeline, in order. A stage not built yet is listed as None ("not implemented")."""
+"""The pipeline, in order."""
 from __future__ import annotations
 
 from ..engine import Stage
@@ -14,7 +14,7 @@ from .split import SplitStage
 from .track import TrackStage
 from .trim import TrimStage
 
-PIPELINE: dict[str, Stage | None] = {
+PIPELINE: dict[str, Stage] = {
     "index": IndexStage(),
     "split": SplitStage(),
     "detect": DetectStage(),
