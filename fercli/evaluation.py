@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ArtifactError, InputError
-from .workspace import atomic_write_json, atomic_write_text
+from .workspace import atomic_write_json, write_csv
 
 ID_COLUMNS = ("name", "item", "subject", "label", "pred")
 # Stored scores are rounded (6 decimals) float32 softmax outputs; a row whose sum is
@@ -138,7 +138,7 @@ def save_probabilities(p: Probabilities, path: str | Path, classes: Sequence[str
              *(f"{score:.{SCORE_DECIMALS}f}" for score in scores)]
             for name, item, subject, label, pred, scores in
             zip(p.names, p.items, p.subjects, p.labels, p.predictions, p.probs)]
-    _write_csv(path, [*ID_COLUMNS, *classes], rows)
+    write_csv(path, [*ID_COLUMNS, *classes], rows)
     return Path(path)
 
 
@@ -244,27 +244,27 @@ def write_evaluation(result: Mapping[str, Any], classes: Sequence[str], out_dir:
     out = Path(out_dir)
     atomic_write_json(out / "metrics.json", result)
     per_class = result["per_class"]
-    _write_csv(out / "per_class.csv", ["class", "precision", "recall", "f1", "support"],
+    write_csv(out / "per_class.csv", ["class", "precision", "recall", "f1", "support"],
                [[name, *(_round(per_class[name][k]) for k in ("precision", "recall",
                                                               "f1-score")),
                  int(per_class[name]["support"])]
                 for name in [*classes, "macro avg", "weighted avg"]]
                + [["accuracy", "", "", _round(result["accuracy"]), result["n"]]])
     corner = "true\\predicted"
-    _write_csv(out / "confusion.csv", [corner, *classes],
+    write_csv(out / "confusion.csv", [corner, *classes],
                [[name, *row] for name, row in zip(classes, result["confusion"])])
-    _write_csv(out / "confusion_normalized.csv", [corner, *classes],
+    write_csv(out / "confusion_normalized.csv", [corner, *classes],
                [[name, *map(_round, row)]
                 for name, row in zip(classes, result["confusion_normalized"])])
-    _write_csv(out / "per_subject.csv", ["subject", "n", "correct", "accuracy"],
+    write_csv(out / "per_subject.csv", ["subject", "n", "correct", "accuracy"],
                [[subject, v["n"], v["correct"], _round(v["accuracy"])]
                 for subject, v in result["per_subject"].items()])
-    _write_csv(out / "errors.csv", ["name", "item", "subject", "label", "pred", "confidence",
+    write_csv(out / "errors.csv", ["name", "item", "subject", "label", "pred", "confidence",
                                     *classes],
                [[e["name"], e["item"], e["subject"], e["label"], e["pred"],
                  _round(e["confidence"]), *(_round(e["scores"][c]) for c in classes)]
                 for e in result["errors"]])
-    _write_csv(out / "confidence.csv", ["class", "n", "mean", "median", "values"],
+    write_csv(out / "confidence.csv", ["class", "n", "mean", "median", "values"],
                [[name, v["n"], _round(v["mean"]), _round(v["median"]),
                  " ".join(f"{x:.4f}" for x in v["values"])]
                 for name, v in result["confidence"].items()])
@@ -463,13 +463,13 @@ def write_human_evaluation(result: Mapping[str, Any], classes: Sequence[str],
     out = Path(out_dir)
     atomic_write_json(out / "human.json", result)
     per_class = result["per_class"]
-    _write_csv(out / "human_per_class.csv",
+    write_csv(out / "human_per_class.csv",
                ["class", "n_items", "n_annotations", "human", "human_median", "model_recall"],
                [[c, per_class[c]["n_items"], per_class[c]["n_annotations"],
                  *(_round(per_class[c][k]) for k in ("human", "human_median", "model_recall"))]
                 for c in classes])
     per_annotator = result["per_annotator"]
-    _write_csv(out / "human_per_annotator.csv", ["annotator", "n", "accuracy", *classes],
+    write_csv(out / "human_per_annotator.csv", ["annotator", "n", "accuracy", *classes],
                [[a, v["n"], _round(v["accuracy"]), *(_round(v["per_class"][c]) for c in classes)]
                 for a, v in per_annotator.items()])
     boxes = {c: [v["per_class"][c] for v in per_annotator.values()
@@ -490,14 +490,6 @@ def write_human_evaluation(result: Mapping[str, Any], classes: Sequence[str],
 def _check_classes(p: Probabilities, classes: Sequence[str]) -> None:
     if p.probs.shape[1] != len(classes):
         raise ValueError(f"{p.probs.shape[1]} score columns for {len(classes)} classes")
-
-
-def _write_csv(path: str | Path, header: Sequence[str], rows: list[list[Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
 
 
 def _round(value: float | None) -> float | str:

@@ -33,8 +33,6 @@ scaled exactly as ``fercli.datasets.load_clip`` and ``clip_dataset`` do.
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 from collections import Counter, deque
@@ -57,7 +55,7 @@ from .stages.fuse import METHODS, fuse_scores
 from .vision.detect import Box, FaceDetector, extend_box
 from .vision.track import BoxSmoother, FaceTracker, crop_face
 from .vision.trim import motion_scores, trim_clip
-from .workspace import atomic_write_json, atomic_write_text, read_json
+from .workspace import atomic_write_json, read_json, write_csv
 
 DEFAULT_VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov")
 PREDICT_BATCH = 16  # sequences per forward pass (windows of hours of video stream through)
@@ -852,14 +850,6 @@ def _vote(distribution: dict) -> str:
 
 
 # --------------------------------------------------------------------------- outputs
-def _csv_text(header: Sequence[str], rows: Iterable[Sequence]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 def _probability_cells(result: dict, key: str, names: Sequence[str]) -> list:
     values = result.get(key) or {}
     return [f"{values[n]:.6f}" if n in values else "" for n in names]
@@ -880,7 +870,7 @@ def write_outputs(folder: Path, result: dict, predictor: Predictor) -> list[Path
         header += ["mapped_label", *mapped]
         row += [result.get("mapped_label", ""),
                 *_probability_cells(result, "mapped_probabilities", mapped)]
-    atomic_write_text(written[1], _csv_text(header, [row]))
+    write_csv(written[1], header, [row])
     windows = result.get("windows")
     if windows is None:
         return written
@@ -894,7 +884,7 @@ def write_outputs(folder: Path, result: dict, predictor: Predictor) -> list[Path
             line += [w.get("mapped_label", ""),
                      *_probability_cells(w, "mapped_probabilities", mapped)]
         lines.append(line)
-    atomic_write_text(folder / "timeline.csv", _csv_text(header, lines))
+    write_csv(folder / "timeline.csv", header, lines)
     probabilities = np.array([[w["probabilities"][c] for c in classes] if "label" in w
                               else [np.nan] * len(classes) for w in windows])
     title = Path(result["video"]).name
@@ -912,9 +902,8 @@ def write_outputs(folder: Path, result: dict, predictor: Predictor) -> list[Path
         groups.append((heading, dist["shares"], dist["mean_probabilities"]))
         dist_rows += [[level, name, dist["counts"][name], dist["shares"][name],
                        dist["mean_probabilities"][name]] for name in dist["counts"]]
-    atomic_write_text(folder / "distribution.csv",
-                      _csv_text(["level", "label", "windows", "share", "mean_probability"],
-                                dist_rows))
+    write_csv(folder / "distribution.csv",
+              ["level", "label", "windows", "share", "mean_probability"], dist_rows)
     written.append(folder / "distribution.csv")
     if groups:
         plot_prediction_distribution(groups, folder / "distribution.png",
@@ -931,7 +920,7 @@ def write_summary(path: Path, rows: Sequence[dict], mapped: bool) -> None:
         line = [r["video"], r["status"], r.get("reason", ""), r.get("label", ""),
                 "" if confidence is None else f"{confidence:.6f}", r.get("n_windows", "")]
         lines.append(line + ([r.get("mapped_label", "")] if mapped else []))
-    atomic_write_text(path, _csv_text(header, lines))
+    write_csv(path, header, lines)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -28,7 +28,6 @@ last hidden Dense layer is the ``dense`` feature layer (1024 units in the thesis
 from __future__ import annotations
 
 import csv
-import io
 import math
 import time
 import warnings
@@ -50,7 +49,7 @@ from fercli.backbones import (
 from fercli.config import DEFAULT_SYNONYMS, THESIS_CLASSES
 from fercli.errors import ConfigError, InputError
 from fercli.plots import new_figure, save_figure
-from fercli.workspace import atomic_path, atomic_write_json, atomic_write_text, read_json
+from fercli.workspace import atomic_path, atomic_write_json, read_json, write_csv
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # tf.io.decode_image reads PNG, JPEG, BMP and GIF; TIFF (JAFFE ships .tiff) goes through OpenCV.
@@ -355,14 +354,6 @@ def _epoch_logger(console, label: str):
 
 
 # --------------------------------------------------------------------------- outputs
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
-
-
 def write_classification_report(path: Path, y_true: np.ndarray, y_pred: np.ndarray,
                                 classes: list[str]) -> dict[str, Any]:
     """Per-class precision/recall/F1/support plus averages (as thesis Table 3.5)."""
@@ -376,7 +367,7 @@ def write_classification_report(path: Path, y_true: np.ndarray, y_pred: np.ndarr
             rows.append([name, *(round(float(values[k]), 4) for k in
                                  ("precision", "recall", "f1-score")), int(values["support"])])
     rows.append(["accuracy", "", "", round(float(np.mean(y_true == y_pred)), 4), len(y_true)])
-    _write_csv(path, ["class", "precision", "recall", "f1", "support"], rows)
+    write_csv(path, ["class", "precision", "recall", "f1", "support"], rows)
     return report
 
 
@@ -386,7 +377,7 @@ def write_confusion(csv_path: Path, png_path: Path, y_true: np.ndarray, y_pred: 
     from sklearn.metrics import confusion_matrix
 
     matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(classes))))
-    _write_csv(csv_path, ["true\\predicted", *classes],
+    write_csv(csv_path, ["true\\predicted", *classes],
                [[c, *map(int, row)] for c, row in zip(classes, matrix)])
     totals = matrix.sum(axis=1, keepdims=True)
     shares = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
@@ -413,7 +404,7 @@ def write_history(csv_path: Path, png_path: Path, history: dict[str, list[float]
     keys = [k for k in ("loss", "val_loss", "accuracy", "val_accuracy", "learning_rate")
             if k in history]
     epochs = len(history.get("loss", []))
-    _write_csv(csv_path, ["epoch", *keys],
+    write_csv(csv_path, ["epoch", *keys],
                [[e + 1, *(round(float(history[k][e]), 6) for k in keys)] for e in range(epochs)])
     figure = new_figure(10, 3.8)
     for axes, metric in zip(figure.subplots(1, 2), ("loss", "accuracy")):
@@ -448,7 +439,7 @@ def write_trials(path: Path, tuner) -> list[dict[str, Any]]:
     columns = ["trial", "status", "val_accuracy", "best_epoch", "dense_layers",
                "units_1", "dropout_1", "units_2", "dropout_2"]
     columns += sorted({k for t in trials for k in t} - set(columns))
-    _write_csv(path, columns, [[t.get(c, "") for c in columns] for t in trials])
+    write_csv(path, columns, [[t.get(c, "") for c in columns] for t in trials])
     return trials
 
 
@@ -537,7 +528,7 @@ def _evaluate(model, test, y_true: np.ndarray, classes: list[str], out_dir: Path
     """Test-part probabilities, per-class report and confusion matrix (thesis Table 3.5)."""
     probabilities = model.predict(test, verbose=0)
     y_pred = probabilities.argmax(axis=1)
-    _write_csv(out_dir / outputs["test_predictions"], ["true", "predicted", *classes],
+    write_csv(out_dir / outputs["test_predictions"], ["true", "predicted", *classes],
                [[classes[t], classes[p], *(round(float(v), 6) for v in row)]
                 for t, p, row in zip(y_true, y_pred, probabilities)])
     report = write_classification_report(out_dir / outputs["classification_report"],

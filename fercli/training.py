@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .workspace import atomic_path, atomic_write_json, atomic_write_text
+from .workspace import atomic_path, atomic_write_json, atomic_write_text, csv_text
 
 LOG_COLUMNS = ["epoch", "accuracy", "loss", "val_accuracy", "val_loss", "uar", "val_uar",
                "learning_rate"]
@@ -40,6 +40,16 @@ def _keras():
     from . import models  # noqa: F401  registers the custom layers load_model needs
 
     return keras
+
+
+def predict_batches(model, dataset) -> np.ndarray:
+    """Softmax rows of every batch of ``dataset`` ((inputs, labels) pairs), in order.
+
+    The model is called directly, eagerly: ``model.predict`` traces a new tf.function for
+    every model, and cv-train predicts with one new model per fold in the same process, so
+    from the fifth fold on TensorFlow warned about "retracing". Nothing is traced here."""
+    return np.concatenate([np.asarray(model(inputs, training=False))
+                           for inputs, *_ in dataset])
 
 
 def load_model(path: Path, hint: str = "Delete it and re-run the stage that wrote it "
@@ -132,12 +142,7 @@ def _mark_finished(run_dir: Path, state: dict) -> dict:
 
 
 def _log_text(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, lineterminator="\n",
-                            extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+    return csv_text(LOG_COLUMNS, rows)
 
 
 def train_resumable(run_dir: Path, build, train_ds, val_ds, *, epochs: int, seed: int,

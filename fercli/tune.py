@@ -18,8 +18,6 @@ fer.yaml) are written next to them.
 """
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import yaml
@@ -28,7 +26,7 @@ from rich.table import Table
 
 from .config import Config, params_hash
 from .errors import ConfigError
-from .workspace import atomic_write_text, file_sha256
+from .workspace import atomic_write_text, file_sha256, write_csv
 
 TRAIN_KEYS = ("learning_rate", "batch_size")
 
@@ -126,11 +124,7 @@ def run_tune(config: Config, console: Console) -> dict:
         rows.append({"trial": trial.trial_id, "mean_val_accuracy": trial.score,
                      **trial.hyperparameters.values})
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out_dir / "trials.csv", buffer.getvalue())
+    write_csv(out_dir / "trials.csv", columns, rows)
     if not rows:
         raise ConfigError(f"every trial failed; see {out_dir / 'search'}",
                           hint="Check tune.space against the model's parameters")

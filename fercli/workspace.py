@@ -9,8 +9,10 @@ half-written file under a name a later stage would read.
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -18,7 +20,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from .errors import ArtifactError, DiskFullError, FerError, InputError, LockError
 
@@ -79,6 +81,24 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def csv_text(columns: Sequence[str], rows: Iterable[Sequence | Mapping]) -> str:
+    """A CSV table with its header; a row is a sequence, or a mapping read by the columns
+    (missing keys give empty cells, keys outside the columns are left out)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([row.get(c, "") for c in columns] if isinstance(row, Mapping) else row)
+    return buffer.getvalue()
+
+
+def write_csv(path: str | Path, columns: Sequence[str],
+              rows: Iterable[Sequence | Mapping]) -> Path:
+    """Write a CSV table atomically (see csv_text)."""
+    atomic_write_text(path, csv_text(columns, rows))
+    return Path(path)
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ..config import MODEL_LEARNING_RATES, THESIS_LEARNING_RATE, Config, params_hash
 from ..engine import Context, Item, ItemOutput, Stage
-from ..workspace import atomic_write_json, atomic_write_text, read_json
+from ..workspace import atomic_write_json, atomic_write_text, read_json, write_csv
 from .split import load_splits
 
 CLIP_MODELS = ("lrcn", "c3d", "convlstm")  # as fercli.models, without importing Keras
@@ -149,19 +149,15 @@ class TrainingData:
         """Softmax of every row as CSV (name, subject, label, pred, one column per class);
         returns (accuracy, UAR)."""
         from ..evaluation import unweighted_average_recall
+        from ..training import predict_batches
 
-        probs = model.predict(self.dataset(rows, batch_size=batch_size, shuffle=False, seed=0),
-                              verbose=0)
+        probs = predict_batches(model, self.dataset(rows, batch_size=batch_size,
+                                                    shuffle=False, seed=0))
         labels = self.table.labels[rows]
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["name", "item", "subject", "label", "pred", *self.classes])
-        for i, row in enumerate(rows):
-            writer.writerow([self.table.names[row], self.table.items[row],
-                             self.table.subjects[row], self.classes[labels[i]],
-                             self.classes[int(np.argmax(probs[i]))],
-                             *(f"{p:.6f}" for p in probs[i])])
-        atomic_write_text(path, out.getvalue())
+        write_csv(path, ["name", "item", "subject", "label", "pred", *self.classes],
+                  ([self.table.names[row], self.table.items[row], self.table.subjects[row],
+                    self.classes[labels[i]], self.classes[int(np.argmax(probs[i]))],
+                    *(f"{p:.6f}" for p in probs[i])] for i, row in enumerate(rows)))
         predicted = np.argmax(probs, axis=1)
         return (float(np.mean(predicted == labels)),
                 unweighted_average_recall(labels, predicted, len(self.classes)))
@@ -288,7 +284,7 @@ class CvTrainStage(Stage):
         curve = mean_curve(histories)
         curve_csv = run_root / "mean_curve.csv"
         columns = list(curve[0]) if curve else ["epoch"]
-        atomic_write_text(curve_csv, _csv(columns, curve))
+        write_csv(curve_csv, columns, curve)
         curve_png = run_root / "mean_curve.png"
         plot_cv_curves(curve, histories, curve_png, title=f"{run}: {len(done)}-fold CV")
         summary = [{"fold": r["info"]["fold"], "best_val_accuracy": r["info"]["best_val_accuracy"],
@@ -297,7 +293,7 @@ class CvTrainStage(Stage):
         accs = [s["best_val_accuracy"] for s in summary]
         final_acc = curve[-1].get("val_accuracy", float("nan")) if curve else float("nan")
         summary_csv = run_root / "summary.csv"
-        atomic_write_text(summary_csv, _csv(list(summary[0]), summary))
+        write_csv(summary_csv, list(summary[0]), summary)
         honest = honest_cv(curve)
         run_info = {"run": run, "model": ctx.params["train"]["model"], **honest,
                     "identity": bool(done[0]["info"].get("identity")),
@@ -328,10 +324,3 @@ class CvTrainStage(Stage):
         return [curve_csv, curve_png, summary_csv, run_json, config_yaml, classes_json]
 
 
-def _csv(columns: list[str], rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n",
-                            extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()

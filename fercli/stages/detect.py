@@ -7,8 +7,6 @@ frame 0 and no detector runs.
 """
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 from rich.console import Console
@@ -18,7 +16,7 @@ from ..engine import Context, Item, ItemOutput, Stage
 from ..errors import ConfigError
 from ..media import iter_frames
 from ..vision.detect import Detection, FaceDetector, detect_first_face, make_detector
-from ..workspace import atomic_write_text
+from ..workspace import write_csv
 
 
 def detector_from_params(params: dict) -> FaceDetector:
@@ -55,16 +53,12 @@ class DetectStage(Stage):
                                 "n_frames": item.payload["n_frames"]})
 
     def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["item_id", "status", "frame", "x", "y", "w", "h", "reason"])
-        for r in records:
-            if r["status"] == "done":
-                writer.writerow([r["id"], "done", r["info"]["frame"], *r["info"]["box"], ""])
-            else:
-                writer.writerow([r["id"], "failed", "", "", "", "", "", r["reason"]])
-        path = ctx.stage.path("detections.csv")
-        atomic_write_text(path, buffer.getvalue())
+        path = write_csv(ctx.stage.path("detections.csv"),
+                         ["item_id", "status", "frame", "x", "y", "w", "h", "reason"],
+                         ([r["id"], "done", r["info"]["frame"], *r["info"]["box"], ""]
+                          if r["status"] == "done" else
+                          [r["id"], "failed", "", "", "", "", "", r["reason"]]
+                          for r in records))
         return [path]
 
 

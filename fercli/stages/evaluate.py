@@ -18,7 +18,7 @@ from rich.table import Table
 from ..config import Config
 from ..engine import Context, Item, ItemOutput, Stage
 from ..errors import ConfigError, MissingUpstreamError
-from ..workspace import atomic_write_text, file_sha256, read_json
+from ..workspace import file_sha256, read_json, write_csv
 from .fuse import finalized_runs
 
 
@@ -112,12 +112,7 @@ class EvaluateStage(Stage):
         columns = ["target", "n", "accuracy", "uar", "weighted_recall", "macro_f1"]
         rows = [{"target": r["id"], **{c: r["info"][c] for c in columns[1:]}} for r in done]
         rows.sort(key=lambda row: -row["accuracy"])
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        summary = ctx.stage.path("summary.csv")
-        atomic_write_text(summary, buffer.getvalue())
+        summary = write_csv(ctx.stage.path("summary.csv"), columns, rows)
         table = Table(title="Test set (held-out subjects)")
         for col in ("target", "n", "accuracy", "UAR", "macro F1"):
             table.add_column(col)

@@ -8,9 +8,7 @@ chosen without touching the test set) and on the test set: the thesis's Table 3.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import itertools
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +20,7 @@ from rich.table import Table
 from ..config import Config
 from ..engine import Context, Item, ItemOutput, Stage
 from ..errors import ConfigError, MissingUpstreamError
-from ..workspace import atomic_write_text, read_json
+from ..workspace import read_json, write_csv
 
 METHODS = ("average", "weighted", "max")
 
@@ -132,14 +130,8 @@ class FuseStage(Stage):
         rows = [row for r in records if r["status"] == "done" for row in r["info"]["rows"]]
         rows.sort(key=lambda r: (-r["cv_accuracy"], r["combination"], r["method"]))
         table_csv = ctx.stage.path("fusion_table.csv")
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=["combination", "method", "runs",
-                                                    "cv_accuracy", "cv_uar", "test_accuracy",
-                                                    "test_uar"],
-                                lineterminator="\n", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(table_csv, buffer.getvalue())
+        write_csv(table_csv, ["combination", "method", "runs", "cv_accuracy", "cv_uar",
+                              "test_accuracy", "test_uar"], rows)
         if not records:
             runs = ctx.params["fuse"]["runs"] or sorted(finalized_runs(ctx.workdir))
             console.print(f"fuse: skipped: {len(runs)} finalized run ({', '.join(runs)}); "

@@ -42,7 +42,7 @@ from ..media import (
     printable,
     probe,
 )
-from ..workspace import StageDir, atomic_write_json, atomic_write_text, check_item_id
+from ..workspace import StageDir, atomic_write_json, atomic_write_text, check_item_id, write_csv
 
 # Relative-path patterns per preset; the first that matches wins. A grouped sequence is
 # matched as `<folder>/<sequence>`, a still as its file's relative path.
@@ -530,19 +530,19 @@ class IndexStage(Stage):
         classes = ctx.params["index"]["classes"]
         out = ctx.stage
         index_csv = out.path("index.csv")
-        atomic_write_text(index_csv, _csv_text(INDEX_COLUMNS, rows))
+        write_csv(index_csv, INDEX_COLUMNS, rows)
         classes_json = out.path("classes.json")
         atomic_write_json(classes_json, classes)
         excluded = getattr(self, "excluded", None)
         if excluded is None:
             excluded = scan_dataset(ctx.params["index"], (ctx.workdir,))[1]
         excluded_csv = out.path("excluded.csv")
-        atomic_write_text(excluded_csv, _csv_text(["path", "reason"],
+        write_csv(excluded_csv, ["path", "reason"],
                                                   [{"path": e.rel, "reason": e.reason}
-                                                   for e in excluded]))
+                                                   for e in excluded])
         stats_csv = out.path("stats.csv")
-        atomic_write_text(stats_csv, _csv_text(["group", "value", "items"],
-                                               dataset_stats(rows, classes)))
+        write_csv(stats_csv, ["group", "value", "items"],
+                                               dataset_stats(rows, classes))
         lengths_png = out.path("lengths.png")
         plot_lengths({r["item_id"]: r["n_frames"] for r in rows}, lengths_png,
                      title=f"Frame lengths of {len(rows)} indexed items")
@@ -552,14 +552,6 @@ class IndexStage(Stage):
 
 INDEX_COLUMNS = ["item_id", "subject", "label", "kind", "n_frames", "fps", "width", "height",
                  "rel", "path"]
-
-
-def _csv_text(columns: list[str], rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def dataset_stats(rows: list[dict], classes: list[str]) -> list[dict]:

@@ -33,7 +33,7 @@ from ..vision.trim import (
     openface_scores,
     trim_clip,
 )
-from ..workspace import atomic_write_text
+from ..workspace import atomic_write_text, write_csv
 
 
 def _resolved(config: Config, key: str) -> Path | None:
@@ -134,15 +134,10 @@ class TrimStage(Stage):
 
         done = [r for r in records if r["status"] == "done"]
         columns = ["item_id", "status", "shape", "n_frames", "first", "last", "n_kept"]
-        table = io.StringIO()
-        writer = csv.writer(table, lineterminator="\n")
-        writer.writerow(columns)
-        for r in done:  # shape is empty for stills, overrides and pre-shape records
-            info = r["info"]
-            writer.writerow([r["id"], info["status"], info.get("shape") or "",
-                             *(info[c] for c in columns[3:])])
-        trim_csv = ctx.stage.path("trim.csv")
-        atomic_write_text(trim_csv, table.getvalue())
+        # shape is empty for stills, overrides and pre-shape records
+        trim_csv = write_csv(ctx.stage.path("trim.csv"), columns, (
+            [r["id"], r["info"]["status"], r["info"].get("shape") or "",
+             *(r["info"][c] for c in columns[3:])] for r in done))
         anomalies = [r for r in done if r["info"]["status"] == "anomaly"]
         anomalies_csv = ctx.stage.path("anomalies.csv")
         atomic_write_text(anomalies_csv, "item_id,first,last,n_frames\n" + "".join(
