@@ -23,7 +23,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Literal
 
 from rich.console import Console
 from rich.markup import escape
@@ -53,6 +53,13 @@ from .errors import (
 )
 from .verify import check_stage_outputs
 from .workspace import SCHEMA_VERSION, StageDir, check_item_id, disk_full, file_entry
+
+RecordStatus = Literal["done", "failed"]  # an item's record: finished, or failed with a reason
+
+
+def done_records(records: list[dict | None]) -> list[dict]:
+    """The records of the items that finished (failed and missing ones left out)."""
+    return [r for r in records if r and r["status"] == "done"]
 
 
 @dataclass
@@ -251,7 +258,7 @@ def context_for(stage: Stage, config: Config, registry: dict[str, Stage],
                    upstream_hashes=hashes)
 
 
-def _run_one(stage: Stage, ctx: Context, item: Item) -> tuple[str, dict]:
+def _run_one(stage: Stage, ctx: Context, item: Item) -> tuple[RecordStatus, dict]:
     """Worker entry: process one item; expected failures become a failed record."""
     started = time.perf_counter()
     try:

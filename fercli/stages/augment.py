@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..engine import Context, Item, ItemOutput, Stage
+from ..engine import Context, Item, ItemOutput, Stage, done_records
 from ..vision.clipio import ClipWriter, iter_clip
 from .split import load_splits
 
@@ -82,7 +82,7 @@ class AugmentStage(Stage):
     def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
         from ..augment import plot_augment_preview
 
-        done = [r for r in records if r["status"] == "done"]
+        done = done_records(records)
         console.print(f"augment: {sum(len(r['info']['methods']) for r in done)} augmented "
                       f"clips from {len(done)} training clips")
         if not done:

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import MODEL_LEARNING_RATES, THESIS_LEARNING_RATE, Config, params_hash
-from ..engine import Context, Item, ItemOutput, Stage
+from ..engine import Context, Item, ItemOutput, Stage, done_records
 from ..workspace import atomic_write_json, atomic_write_text, read_json, write_csv
 from .split import load_splits
 
@@ -275,7 +275,7 @@ class CvTrainStage(Stage):
         from ..plots import plot_cv_curves
         from ..training import honest_cv, mean_curve, read_log
 
-        done = [r for r in records if r["status"] == "done"]
+        done = done_records(records)
         if not done:
             return []
         run = done[0]["info"]["run"]

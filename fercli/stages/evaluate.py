@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import Config
-from ..engine import Context, Item, ItemOutput, Stage
+from ..engine import Context, Item, ItemOutput, Stage, done_records
 from ..errors import ConfigError, MissingUpstreamError
 from ..workspace import file_sha256, read_json, write_csv
 from .fuse import finalized_runs
@@ -108,7 +108,7 @@ class EvaluateStage(Stage):
         return ItemOutput(files, info=info)
 
     def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
-        done = [r for r in records if r["status"] == "done"]
+        done = done_records(records)
         columns = ["target", "n", "accuracy", "uar", "weighted_recall", "macro_f1"]
         rows = [{"target": r["id"], **{c: r["info"][c] for c in columns[1:]}} for r in done]
         rows.sort(key=lambda row: -row["accuracy"])

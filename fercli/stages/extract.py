@@ -16,7 +16,7 @@ import numpy as np
 from rich.console import Console
 
 from ..config import params_hash
-from ..engine import Context, Item, ItemOutput, Stage
+from ..engine import Context, Item, ItemOutput, Stage, done_records
 from ..featurestore import FeatureStoreWriter, Row
 from ..identity import BASELINE_FRAMES, onset_baseline
 from ..vision.clipio import iter_clip
@@ -129,7 +129,7 @@ class ExtractStage(Stage):
 
     def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
         params = ctx.params["extract"]
-        done = sorted((r for r in records if r["status"] == "done"), key=lambda r: r["id"])
+        done = sorted(done_records(records), key=lambda r: r["id"])
         meta = _index_rows(ctx.workdir / "index" / "index.csv")
         splits = load_splits(ctx.workdir)
         part = {i: "test" for i in splits["items"]["test"]}

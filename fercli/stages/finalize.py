@@ -19,7 +19,7 @@ import yaml
 from rich.console import Console
 
 from ..config import Config
-from ..engine import Context, Item, ItemOutput, Stage
+from ..engine import Context, Item, ItemOutput, Stage, done_records
 from ..versions import write_versions
 from ..workspace import atomic_path, atomic_write_json, atomic_write_text, read_json
 from .cv_train import (
@@ -74,7 +74,7 @@ class FinalizeStage(Stage):
         from ..training import load_model, train_resumable
 
         params, fin = ctx.params["train"], ctx.params["finalize"]
-        done = [r for r in records if r["status"] == "done"]
+        done = done_records(records)
         if not done:
             console.print("[red]finalize: every early-stopped fold failed; no final model[/]")
             return []

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import Config
-from ..engine import Context, Item, ItemOutput, Stage
+from ..engine import Context, Item, ItemOutput, Stage, done_records
 from ..errors import ConfigError, MissingUpstreamError
 from ..workspace import read_json, write_csv
 
@@ -127,7 +127,7 @@ class FuseStage(Stage):
         return ItemOutput(files, info={"runs": runs, "weights": weights, "rows": rows})
 
     def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
-        rows = [row for r in records if r["status"] == "done" for row in r["info"]["rows"]]
+        rows = [row for r in done_records(records) for row in r["info"]["rows"]]
         rows.sort(key=lambda r: (-r["cv_accuracy"], r["combination"], r["method"]))
         table_csv = ctx.stage.path("fusion_table.csv")
         write_csv(table_csv, ["combination", "method", "runs", "cv_accuracy", "cv_uar",

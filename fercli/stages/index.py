@@ -32,7 +32,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..config import DEFAULT_SYNONYMS, Config
-from ..engine import Context, Item, ItemOutput, Stage
+from ..engine import Context, Item, ItemOutput, Stage, done_records
 from ..errors import ConfigError, InputError, ItemError
 from ..media import (
     FRAME_LIST_SUFFIX,
@@ -524,7 +524,7 @@ class IndexStage(Stage):
     def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
         from ..plots import plot_lengths
 
-        done = [r for r in records if r["status"] == "done"]
+        done = done_records(records)
         rows = [{"item_id": r["id"], **{k: r["info"][k] for k in INDEX_COLUMNS[1:]}}
                 for r in done]
         classes = ctx.params["index"]["classes"]

@@ -21,7 +21,7 @@ import numpy as np
 from rich.console import Console
 
 from ..config import Config
-from ..engine import Context, Item, ItemOutput, Stage
+from ..engine import Context, Item, ItemOutput, Stage, done_records
 from ..errors import ConfigError, InputError, ItemError
 from ..vision.clipio import iter_clip
 from ..vision.trim import (
@@ -132,7 +132,7 @@ class TrimStage(Stage):
     def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
         from ..plots import plot_lengths_before_after, plot_score_curve
 
-        done = [r for r in records if r["status"] == "done"]
+        done = done_records(records)
         columns = ["item_id", "status", "shape", "n_frames", "first", "last", "n_kept"]
         # shape is empty for stills, overrides and pre-shape records
         trim_csv = write_csv(ctx.stage.path("trim.csv"), columns, (
