@@ -19,13 +19,13 @@ from rich.table import Table
 from ..engine import Context, Item, ItemOutput, Stage
 from ..errors import ItemError
 from ..media import iter_frames
-from ..vision.clipio import ClipWriter, write_boxes_csv
+from ..vision.clipio import CODECS, ClipWriter, write_boxes_csv
 from ..vision.detect import Box, Detection
 from ..vision.track import compare_trackers, full_frames, track_faces
 from ..workspace import atomic_write_text
 from .detect import detector_from_params
 
-CLIP_SUFFIX = {"ffv1": ".mkv", "huffyuv": ".avi"}
+CLIP_SUFFIX = {name: codec.suffix for name, codec in CODECS.items()}
 
 
 def clip_path(ctx_or_root, item_id: str, codec: str) -> Path:
