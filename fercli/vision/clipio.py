@@ -71,8 +71,9 @@ def clip_rate(fps: float) -> Fraction:
 
 
 def temp_path_for(path: Path) -> Path:
-    """Hidden sibling of ``path`` that keeps its extension, so the container is the same."""
-    return path.with_name(f".{path.stem}.tmp{path.suffix}")
+    """Hidden sibling of ``path`` that keeps its extension, so the container is the same;
+    the writer's pid in the name lets an interrupted run remove exactly its own leftovers."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
 
 
 class ClipWriter:
