@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__
+from . import __version__, tfenv
 from .config import DEFAULT_CONFIG_FILE, defaults, load_config, reference_markdown
 from .engine import (
     STOP_SIGNALS,
@@ -81,8 +81,12 @@ def handle_errors(func: Callable) -> Callable:
 
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+          verbose: bool = typer.Option(False, "--verbose", help="Show TensorFlow's own log "
+                                       "lines (absl, CUDA, oneDNN), hidden by default."),
           version: bool = typer.Option(False, "--version", help="Print the version.")):
     _state["debug"] = debug
+    if verbose:
+        tfenv.set_verbose()
     if version:
         out.print(f"fercli {__version__}")
         raise typer.Exit()

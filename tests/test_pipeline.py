@@ -7,6 +7,7 @@ import io
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -324,6 +325,31 @@ def test_tune_searches_with_cross_validation(work, fer):
     bad = fer("tune", "--set", f"workdir={work}", "--set", "train.model=lstm",
               "--set", "tune.space={filters: [4, 8]}", "--set", "tune.trials=1")
     assert bad.exit_code == 2 and "filters" in bad.output
+
+
+# What TensorFlow prints on a CPU machine unless told not to (issue 14, item 4)
+CHATTER = re.compile(r"absl|cuInit|cuda|oneDNN|retracing|TF-TRT|Unable to register cu"
+                     r"|^[IWEF]\d{4} ", re.IGNORECASE)
+
+
+def test_training_output_has_no_tensorflow_chatter(work, tmp_path):
+    """A real `fer cv-train` (TensorFlow imported, a model trained and predicting per fold)
+    prints no absl, CUDA, oneDNN or retracing line (`fer --verbose` would)."""
+    import shutil
+
+    work = Path(shutil.copytree(work, tmp_path / "work"))
+    fer = Path(sys.executable).with_name("fer")
+    args = [str(fer)] if fer.is_file() else [sys.executable, "-m", "fercli.cli"]
+    args.append("cv-train")
+    for setting in [f"workdir={work}", *SETTINGS, "train.epochs=1"]:
+        args += ["--set", setting]
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("TF_CPP_MIN_LOG_LEVEL", "FERCLI_VERBOSE")}  # the defaults
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list(work.glob("cv-train/runs/*/fold-*/val_probs.csv"))) >= 2
+    output = (result.stdout + result.stderr).splitlines()
+    assert not [line for line in output if CHATTER.search(line)]
 
 
 def test_tracker_comparison_table(work, fer):
