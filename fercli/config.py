@@ -503,6 +503,8 @@ def _check_value(name: str, value: Any, p: Param) -> Any:
         raise ConfigError(f"{name}: expected {p.type_name()}, got {type(value).__name__} "
                           f"{_show(value)}")
     _finite(name, value, f"a number in {p.range_text()}" if p.range_text() else "a number")
+    if isinstance(value, str) and "\x00" in value:  # no path, name or pattern holds one
+        raise ConfigError(f"{name}: {_show(value)} contains a NUL character")
     if p.choices is not None and value not in p.choices:
         allowed = ", ".join(map(str, p.choices))
         raise ConfigError(f"{name}: {value!r} is not allowed; choose one of: {allowed}")
@@ -544,12 +546,13 @@ def _merge(data: dict, update: dict) -> None:
             for sub, sub_value in value.items():
                 if sub not in SCHEMA[key]:
                     allowed = ", ".join(SCHEMA[key])
-                    raise ConfigError(f"unknown key `{key}.{sub}`; "
+                    raise ConfigError(f"unknown key `{_short(f'{key}.{sub}')}`; "
                                       f"allowed keys in `{key}`: {allowed}")
                 data[key][sub] = _check_value(f"{key}.{sub}", sub_value, SCHEMA[key][sub])
         else:
             allowed = ", ".join([*GLOBAL_SCHEMA, *SCHEMA])
-            raise ConfigError(f"unknown key `{key}`; allowed top-level keys: {allowed}")
+            raise ConfigError(f"unknown key `{_short(str(key))}`; allowed top-level keys: "
+                              f"{allowed}")
 
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml also caps nesting
@@ -572,7 +575,10 @@ def load_yaml(text: str, where: object) -> Any:
         if node is None:
             return None
         _check_expansion(node, where)
-        return loader.construct_document(node)
+        try:
+            return loader.construct_document(node)
+        except ValueError as exc:  # `!!int x`, an int of 5000 digits: not YAMLErrors
+            raise yaml.YAMLError(str(exc)) from None
     finally:
         loader.dispose()
 
@@ -608,8 +614,10 @@ def _check_expansion(root: yaml.Node, where: object) -> None:
 
 
 def _short(text: str) -> str:
-    """A ``--set`` text for messages, cut short: the value may be a whole document."""
-    return text if len(text) <= 80 else text[:77] + "..."
+    """A ``--set`` text for messages: one printable line (newlines and bytes that are not
+    UTF-8 escaped), cut short: the value may be a whole document."""
+    shown = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text[:81])
+    return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -617,6 +625,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"--set {_short(text)!r}: expected section.key=value, e.g. "
                           "--set split.folds=10")
+    if any("\ud800" <= c <= "\udfff" for c in text):  # argv bytes Python could not decode
+        raise ConfigError(f"--set {_short(text)!r}: not valid UTF-8",
+                          hint="Give settings and paths in UTF-8")
     dotted, raw = text.split("=", 1)
     try:
         value = load_yaml(raw, f"--set {_short(text)}") if raw.strip() else None

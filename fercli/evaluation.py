@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ArtifactError, InputError
-from .workspace import atomic_write_json, write_csv
+from .workspace import atomic_write_json, read_text, write_csv
 
 ID_COLUMNS = ("name", "item", "subject", "label", "pred")
 # Stored scores are rounded (6 decimals) float32 softmax outputs; a row whose sum is
@@ -72,7 +72,7 @@ def load_probabilities(path: str | Path, classes: Sequence[str]) -> Probabilitie
     if not path.is_file():
         raise ArtifactError("probabilities file is missing", path=path,
                             hint="Run the training stage that writes it first")
-    rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+    rows = list(csv.reader(io.StringIO(read_text(path, "probabilities file"))))
     if not rows:
         raise ArtifactError("probabilities file is empty", path=path,
                             hint="Delete it and re-run the stage that writes it")

@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 import yaml
 
-from .errors import ConfigError, InputError, ItemError
+from .errors import ArtifactError, ConfigError, InputError, ItemError
 from .identity import BASELINE_FRAMES
 from .media import is_sequence_dir, iter_frames, sequence_frames
 from .predict_records import PredictRecords, run_fingerprint, shard_of
@@ -159,7 +159,17 @@ def run_config(run_dir: Path) -> dict:
         raise ConfigError(f"{run_dir} is not a finalized run folder (no {', '.join(missing)})",
                           hint="Give a folder work/finalize/runs/<run> written by "
                                "`fer finalize`")
-    return yaml.safe_load((Path(run_dir) / "config.yaml").read_text(encoding="utf-8"))
+    path = Path(run_dir) / "config.yaml"
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        config = None
+    if not (isinstance(config, dict) and all(isinstance(config.get(section), dict) for section
+                                             in ("index", "detect", "track", "trim",
+                                                 "extract"))):
+        raise ArtifactError("the run's saved config is damaged (not a fer config)", path=path,
+                            hint="Restore it, or re-run `fer finalize --force`")
+    return config
 
 
 def load_run(run_dir: Path) -> FinalizedRun:

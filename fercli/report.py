@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from .workspace import atomic_write_text
+from .workspace import atomic_write_text, read_text
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -94,7 +94,7 @@ def _fmt(value) -> str:
 
 
 def read_csv(path: Path) -> list[dict]:
-    return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    return list(csv.DictReader(io.StringIO(read_text(path, path.name))))
 
 
 def build_report(workdir: Path, out_dir: Path) -> Report:

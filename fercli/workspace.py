@@ -111,6 +111,16 @@ def read_json(path: str | Path, what: str = "file") -> Any:
                             hint="Delete it, or re-run the stage with --force") from None
 
 
+def read_text(path: str | Path, what: str = "file") -> str:
+    """Read a UTF-8 text artifact (CSV), turning a damaged one into a one-line error."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ArtifactError(f"{what} is not valid UTF-8 text (byte {exc.start})", path=path,
+                            hint="Delete it, or re-run the stage with --force") from None
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

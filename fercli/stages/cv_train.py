@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ..config import MODEL_LEARNING_RATES, THESIS_LEARNING_RATE, Config, params_hash
 from ..engine import Context, Item, ItemOutput, Stage, done_records
-from ..workspace import atomic_write_json, atomic_write_text, read_json, write_csv
+from ..workspace import atomic_write_json, atomic_write_text, read_json, read_text, write_csv
 from .split import load_splits
 
 CLIP_MODELS = ("lrcn", "c3d", "convlstm")  # as fercli.models, without importing Keras
@@ -35,7 +35,7 @@ class ClipTable:
     def __init__(self, workdir: Path, with_augmented: bool):
         trim = read_json(workdir / "trim" / "manifest.json", "trim manifest")["items"]
         index = {r["item_id"]: r for r in csv.DictReader(
-            io.StringIO((workdir / "index" / "index.csv").read_text()))}
+            io.StringIO(read_text(workdir / "index" / "index.csv", "index.csv")))}
         splits = load_splits(workdir)
         part = {i: "test" for i in splits["items"]["test"]}
         part.update({i: f"fold-{k}" for k, f in enumerate(splits["items"]["folds"]) for i in f})

@@ -18,7 +18,7 @@ from rich.table import Table
 from ..config import Config
 from ..engine import Context, Item, ItemOutput, Stage, done_records
 from ..errors import ConfigError, MissingUpstreamError
-from ..workspace import file_sha256, read_json, write_csv
+from ..workspace import file_sha256, read_json, read_text, write_csv
 from .fuse import finalized_runs
 
 
@@ -35,7 +35,7 @@ def best_fusion(workdir: Path) -> str | None:
     table = workdir / "fuse" / "fusion_table.csv"
     if not table.is_file():
         return None
-    rows = list(csv.DictReader(io.StringIO(table.read_text())))
+    rows = list(csv.DictReader(io.StringIO(read_text(table, "fusion_table.csv"))))
     if not rows:
         return None
     best = rows[0]  # the table is sorted by CV accuracy

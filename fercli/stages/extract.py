@@ -17,10 +17,11 @@ from rich.console import Console
 
 from ..config import params_hash
 from ..engine import Context, Item, ItemOutput, Stage, done_records
+from ..errors import ArtifactError
 from ..featurestore import FeatureStoreWriter, Row
 from ..identity import BASELINE_FRAMES, onset_baseline
 from ..vision.clipio import iter_clip
-from ..workspace import atomic_path, read_json
+from ..workspace import atomic_path, read_json, read_text
 from .augment import kept_frames
 from .split import load_splits
 
@@ -136,6 +137,12 @@ class ExtractStage(Stage):
         part.update({i: f"fold-{k}" for k, fold in enumerate(splits["items"]["folds"])
                      for i in fold})
         classes = read_json(ctx.workdir / "index" / "classes.json", "classes.json")
+        for source in sorted({r["info"]["source"] for r in done}):  # a damaged index.csv
+            row = meta.get(source, {})
+            if not row.get("subject") or row.get("label") not in classes:
+                raise ArtifactError(f"no valid row for item {source}",
+                                    path=ctx.workdir / "index" / "index.csv",
+                                    hint="Run `fer verify --repair`, then `fer run`")
         dim = done[0]["info"]["feature_dim"] if done else 0
         trim_first = {i: r["info"]["first"] for i, r in ctx.upstream_items("trim").items()
                       if r.get("info")}
@@ -150,7 +157,7 @@ class ExtractStage(Stage):
                 row = Row(r["id"], source, meta[source]["subject"],
                           classes.index(meta[source]["label"]), r["info"]["augment"],
                           part.get(source, "unassigned"))
-                features, baseline = (np.load(ctx.workdir / o["path"], allow_pickle=False)
+                features, baseline = (_load_npy(ctx.workdir / o["path"])
                                       for o in r["outputs"][:2])
                 onset = r["info"].get("onset")
                 writer.add(row, features, baseline,
@@ -161,5 +168,15 @@ class ExtractStage(Stage):
         return [store_path]
 
 
+def _load_npy(path: Path) -> np.ndarray:
+    """One item's saved features; a damaged file is a one-line error naming it."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, EOFError):  # truncated, altered header, or not an array at all
+        raise ArtifactError("feature file is damaged (not a readable .npy array)", path=path,
+                            hint="Run `fer verify --repair`, then `fer extract`") from None
+
+
 def _index_rows(path: Path) -> dict[str, dict]:
-    return {r["item_id"]: r for r in csv.DictReader(io.StringIO(path.read_text()))}
+    rows = csv.DictReader(io.StringIO(read_text(path, "index.csv")))
+    return {r.get("item_id"): r for r in rows}

@@ -26,7 +26,7 @@ from rich.table import Table
 from ..config import Config, params_hash
 from ..engine import Context, Item, ItemOutput, Stage
 from ..errors import ConfigError, InputError
-from ..workspace import atomic_write_json, atomic_write_text
+from ..workspace import atomic_write_json, atomic_write_text, read_text
 
 _RANGE = re.compile(r"^([A-Za-z_]*)(\d+)-\1?(\d+)$")
 
@@ -51,7 +51,7 @@ def read_index(index_dir: Path) -> list[dict]:
     path = index_dir / "index.csv"
     if not path.is_file():
         raise InputError("index.csv is missing", path=path, hint="Run `fer index` first")
-    return list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    return list(csv.DictReader(io.StringIO(read_text(path, "index.csv"))))
 
 
 def make_split(subject_items: dict[str, int], *, folds: int, test_fraction: float,
