@@ -79,17 +79,22 @@ def handle_errors(func: Callable) -> Callable:
     return wrapper
 
 
+def _print_version(value: bool) -> None:
+    """Eager: `fer --version` needs no command."""
+    if value:
+        out.print(f"fercli {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
           verbose: bool = typer.Option(False, "--verbose", help="Show TensorFlow's own log "
                                        "lines (absl, CUDA, oneDNN), hidden by default."),
-          version: bool = typer.Option(False, "--version", help="Print the version.")):
+          version: bool = typer.Option(False, "--version", help="Print the version.",
+                                       is_eager=True, callback=_print_version)):
     _state["debug"] = debug
     if verbose:
         tfenv.set_verbose()
-    if version:
-        out.print(f"fercli {__version__}")
-        raise typer.Exit()
 
 
 def _run(stage_name: str, config, force: bool = False, shard: Optional[str] = None,

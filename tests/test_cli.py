@@ -63,3 +63,11 @@ def test_status_lists_every_stage(fer):
     for stage in ("index", "split", "cv-train", "evaluate"):
         assert stage in result.output
     assert "not run" in result.output
+
+
+def test_version_needs_no_command(runner):
+    from fercli import __version__
+    from fercli.cli import app
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"fercli {__version__}"
