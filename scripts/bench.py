@@ -239,37 +239,77 @@ def section_breakdown(bench: Bench) -> None:
 
 def video_label(bench: Bench, video: Path) -> str:
     height, width = next(iter_frames(video)).shape[:2]
-    return f"{video.name} ({width}x{height}, {decode_only(bench, video)} frames)"
+    return f"{width}x{height}, {decode_only(bench, video)} frames"
+
+
+def cpu_ms_per_frame(runs: list[Callable[[], int]], seconds: float,
+                     rounds: int = 3) -> list[float]:
+    """CPU milliseconds per frame of each run (all its threads), OpenCV on one thread; best
+    of ``rounds`` interleaved rounds of ``seconds / rounds`` (at least one pass each).
+
+    This is what a frame costs when every core has a video of its own, as in `fer track`
+    (one item per core): throughput, which another process on the machine hardly changes.
+    """
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    best = [float("inf")] * len(runs)
+    try:
+        for _ in range(rounds):
+            for i, run in enumerate(runs):
+                frames, wall, cpu = 0, time.perf_counter(), time.process_time()
+                while time.perf_counter() - wall < seconds / rounds or frames == 0:
+                    frames += run()
+                best[i] = min(best[i], 1000.0 * (time.process_time() - cpu) / frames)
+    finally:
+        cv2.setNumThreads(threads)
+    return best
 
 
 def section_goal(bench: Bench) -> None:
     """Default track path vs per-frame Haar on the video and on a BU-4DFE-sized copy of it,
-    against the >= 20x goal (issues 3 and 13); printed, never asserted."""
+    against the >= 20x goal (issues 3 and 13); printed, never asserted.
+
+    Two views: one video alone on the machine (wall time, OpenCV's threads: Haar spreads a
+    frame over every core, tracking a frame depends on the one before), and every core busy
+    with a video of its own (CPU time per frame, as `fer track` runs its items).
+    """
     rows = bench.results["speed"]
     default = next(r for r in rows if r["tracker"] == DEFAULT_TRACKER
                    and r["clip"] == DEFAULT_CODEC)
-    videos = [{"video": video_label(bench, bench.video), "haar_fps": rows[1]["fps"],
-               "track_fps": default["fps"], "decode_fps": rows[0]["fps"]}]
+    videos = [{"video": bench.video, "haar_fps": rows[1]["fps"], "track_fps": default["fps"]}]
     if bench.bu4dfe_video is not None:
         copy = bench.bu4dfe_video
-        with bench.console.status("measuring the BU-4DFE-sized copy ..."):
-            decode, haar, track = best_rates(
-                [lambda: decode_only(bench, copy), lambda: detect_every_frame(bench, copy),
-                 lambda: detect_once_then_track(bench, video=copy)], bench.seconds)
-        videos.append({"video": video_label(bench, copy), "haar_fps": haar, "track_fps": track,
-                       "decode_fps": decode})
-    table = Table(title=f"Goal: default track path ({DEFAULT_TRACKER}, {DEFAULT_CODEC} colour, "
-                        f"smooth {DEFAULT_SMOOTH}) vs Haar on every frame, target >= "
-                        f"{GOAL_VS_DETECTION:g}x")
-    for column in ("video", "Haar frames/s", "track frames/s", "x Haar", "% decode", "goal"):
-        table.add_column(column, justify="left" if column == "video" else "right")
+        with bench.console.status("goal: one BU-4DFE-sized video alone ..."):
+            haar, track = best_rates([lambda: detect_every_frame(bench, copy),
+                                      lambda: detect_once_then_track(bench, video=copy)],
+                                     bench.seconds)
+        videos.append({"video": copy, "haar_fps": haar, "track_fps": track})
     for row in videos:
-        row["x_detect"] = row["track_fps"] / row["haar_fps"]
-        row["of_decode"] = row["track_fps"] / row["decode_fps"]
-        row["met"] = row["x_detect"] >= GOAL_VS_DETECTION
+        video = row["video"]
+        with bench.console.status(f"goal: CPU per frame on {video.name}, one OpenCV thread "
+                                  "..."):
+            row["haar_cpu_ms"], row["track_cpu_ms"] = cpu_ms_per_frame(
+                [lambda v=video: detect_every_frame(bench, v),
+                 lambda v=video: detect_once_then_track(bench, video=v)], bench.seconds)
+        row["video"] = video_label(bench, video)
+        row["x_detect_alone"] = row["track_fps"] / row["haar_fps"]
+        row["x_detect_busy"] = row["haar_cpu_ms"] / row["track_cpu_ms"]
+    table = Table(title=f"Goal: default track path ({DEFAULT_TRACKER}, {DEFAULT_CODEC}, smooth "
+                        f"{DEFAULT_SMOOTH}) >= {GOAL_VS_DETECTION:g}x Haar on every frame",
+                  caption="alone: one video on the machine, wall time, OpenCV's threads; busy: "
+                          "CPU ms per frame with one OpenCV thread, as when every core tracks a "
+                          "video of its own (`fer track` runs one item per core)")
+    for column in ("video", "alone: Haar f/s", "track f/s", "x", "busy: Haar ms", "track ms",
+                   "x"):
+        table.add_column(column, justify="left" if column == "video" else "right")
+
+    def ratio(value: float) -> str:
+        return f"[{'green' if value >= GOAL_VS_DETECTION else 'red'}]{value:.1f}[/]"
+
+    for row in videos:
         table.add_row(row["video"], f"{row['haar_fps']:.1f}", f"{row['track_fps']:.0f}",
-                      f"{row['x_detect']:.1f}", f"{100 * row['of_decode']:.1f}",
-                      "[green]met[/]" if row["met"] else "[red]not met[/]")
+                      ratio(row["x_detect_alone"]), f"{row['haar_cpu_ms']:.1f}",
+                      f"{row['track_cpu_ms']:.2f}", ratio(row["x_detect_busy"]))
     bench.console.print(table)
     share = default["of_decode"]
     bench.console.print(f"Goal: share of decode-only {share:.0%}, target >= {GOAL_VS_DECODE:.0%}: "
@@ -423,7 +463,9 @@ def read_run_path(export_folder: Path) -> str:
 # --------------------------------------------------------------------------- memory
 MEMORY_STORE = (3000, 100, 2048)  # sequences x frames x features: 1.2 GB of float16
 MEMORY_FIT = {"steps": 150, "batch": 16, "units": 32}
-MEMORY_BASELINE_STEPS = 20
+MEMORY_BOUNDED_MB = 256  # input budget of the streaming run: the store does not fit it
+MEMORY_ROUNDS = 2  # interleaved rounds of the three fits; the best steps/s of each counts
+GOAL_STREAMING = 0.90  # streaming at least 90% of the in-memory steps/s (issue 13)
 EXTRACT_CLIPS, EXTRACT_FRAMES = 8, 80  # N clips of 80 frames, then 4N
 
 FIT_CODE = """
@@ -434,12 +476,14 @@ from fercli.datasets import feature_dataset
 from fercli.featurestore import FeatureStore
 from fercli.models import build_model, compile_model
 path, steps, batch, units, mode = sys.argv[1], *map(int, sys.argv[2:5]), sys.argv[5]
+memory_mb = None if sys.argv[6] == "default" else float(sys.argv[6])
 with FeatureStore(path) as store:
     rows, frames, dim = len(store), int(store.lengths.max()), store.feature_dim
     n_classes = len(store.classes)
 if mode == "store":
-    data = feature_dataset(path, np.arange(rows), frames, batch, shuffle=True, seed=0)
-else:  # one batch held in memory: TensorFlow and the model alone
+    data = feature_dataset(path, np.arange(rows), frames, batch, shuffle=True, seed=0,
+                           memory_mb=memory_mb)
+else:  # one batch held in memory: TensorFlow and the model alone, no input cost
     x = {"features": np.zeros((batch, frames, dim), np.float32),
          "mask": np.ones((batch, frames), np.float32)}
     y = np.eye(n_classes, dtype=np.float32)[np.arange(batch) % n_classes]
@@ -512,11 +556,15 @@ def write_memory_store(path: Path) -> float:
 
 
 def section_memory(bench: Bench) -> None:
-    """Bounded memory: training streams a store larger than memory allows; extract memory
-    does not grow with the number of videos (peak RSS of each run in its own process)."""
+    """Training input as fast as memory, in bounded memory: the same LSTM fit on one batch
+    held in memory (no input cost), streaming the store within a budget it does not fit, and
+    with the default budget (store held in memory); extract memory does not grow with the
+    number of videos (peak RSS of each run in its own process)."""
     if not bench.memory:
         bench.console.print("(memory section skipped: pass --memory; `make bench` does)")
         return
+    from fercli.featurestore import input_memory_budget
+
     store = bench.workdir / "memory" / "features.h5"
     store.parent.mkdir(parents=True)
     n_rows, frames, dim = MEMORY_STORE
@@ -526,14 +574,29 @@ def section_memory(bench: Bench) -> None:
         store_mb = write_memory_store(store)
     write_s = time.perf_counter() - started
     fit = MEMORY_FIT
-    rows = []
-    with bench.console.status(f"memory: LSTM({fit['units']}) fits, batch {fit['batch']} ..."):
-        for label, mode, steps in (("fit, one batch held in memory (baseline)", "memory",
-                                    MEMORY_BASELINE_STEPS),
-                                   ("fit streaming the store (feature_dataset)", "store",
-                                    fit["steps"])):
-            result, rss = peak_rss(FIT_CODE, store, steps, fit["batch"], fit["units"], mode)
-            rows.append({"run": label, "steps": steps, "peak_rss_mb": rss, **result})
+    default_mb = input_memory_budget() / (1 << 20)
+    held = "held in memory" if n_rows * frames * dim * 2 <= input_memory_budget() else "windows"
+    fits = (("memory", "fit, one batch held in memory (baseline)", "default"),
+            ("bounded", f"fit streaming the store, {MEMORY_BOUNDED_MB} MB budget (windows)",
+             str(MEMORY_BOUNDED_MB)),
+            ("default", f"fit streaming the store, default {default_mb:.0f} MB budget ({held})",
+             "default"))
+    runs: dict[str, dict] = {}
+    with bench.console.status(f"memory: LSTM({fit['units']}) fits, batch {fit['batch']}, "
+                              f"{MEMORY_ROUNDS} interleaved rounds ..."):
+        for _ in range(MEMORY_ROUNDS):
+            for key, label, memory_mb in fits:
+                result, rss = peak_rss(FIT_CODE, store, fit["steps"], fit["batch"],
+                                       fit["units"], "memory" if key == "memory" else "store",
+                                       memory_mb)
+                best = runs.setdefault(key, {"run": label, "steps": fit["steps"],
+                                             "peak_rss_mb": 0.0, "steps_per_second": 0.0,
+                                             "rounds": []})
+                best["rounds"].append(result["steps_per_second"])
+                best["peak_rss_mb"] = max(best["peak_rss_mb"], rss)
+                if result["steps_per_second"] > best["steps_per_second"]:
+                    best.update(result)
+    rows = list(runs.values())
     out = bench.workdir / "memory" / "items"
     with bench.console.status("memory: extract over N and 4N clips ..."):
         for clips in (EXTRACT_CLIPS, 4 * EXTRACT_CLIPS):
@@ -543,25 +606,37 @@ def section_memory(bench: Bench) -> None:
                                 f"({result['frames']} frames, small-cnn)",
                          "peak_rss_mb": rss})
             shutil.rmtree(out)
-    table = Table(title=f"Bounded memory: a {store_mb:.0f} MB feature store ({n_rows} x "
-                        f"{frames} x {dim} float16, written in {write_s:.0f} s); peak RSS of "
-                        "each run in a fresh process")
-    for column in ("run", "steps", "peak RSS", "steps/s", "accuracy"):
+    baseline = runs["memory"]
+    for run in runs.values():
+        run["vs_memory"] = run["steps_per_second"] / baseline["steps_per_second"]
+        run["rss_added_mb"] = run["peak_rss_mb"] - baseline["peak_rss_mb"]
+    table = Table(title=f"Training input: a {store_mb:.0f} MB feature store ({n_rows} x "
+                        f"{frames} x {dim} float16, written in {write_s:.0f} s); best steps/s "
+                        f"of {MEMORY_ROUNDS} interleaved rounds, peak RSS of each run in a "
+                        "fresh process")
+    for column in ("run", "steps", "peak RSS", "steps/s", "x in-memory", "accuracy"):
         table.add_column(column, justify="left" if column == "run" else "right")
     for row in rows:
+        streamed = row["run"].startswith("fit streaming")
         table.add_row(row["run"], str(row.get("steps", "")), f"{row['peak_rss_mb']:.0f} MB",
                       f"{row['steps_per_second']:.2f}" if "steps_per_second" in row else "",
-                      f"{row['accuracy']:.3f}" if row["run"].startswith("fit streaming")
-                      else "")
+                      f"{row['vs_memory']:.2f}" if "vs_memory" in row else "",
+                      f"{row['accuracy']:.3f}" if streamed else "")
     bench.console.print(table)
-    streamed = rows[1]["peak_rss_mb"] - rows[0]["peak_rss_mb"]
-    grown = rows[3]["peak_rss_mb"] - rows[2]["peak_rss_mb"]
-    bench.console.print(
-        f"Streaming the store adds {streamed:.0f} MB to the baseline, "
-        f"{100 * streamed / store_mb:.1f}% of the store's {store_mb:.0f} MB; extract over 4x "
-        f"the clips changes peak RSS by {grown:+.0f} MB")
+    bounded, default = runs["bounded"], runs["default"]
+    grown = rows[-1]["peak_rss_mb"] - rows[-2]["peak_rss_mb"]
+    for run, budget in ((bounded, MEMORY_BOUNDED_MB), (default, default_mb)):
+        verdict = "met" if run["vs_memory"] >= GOAL_STREAMING else "NOT met"
+        bench.console.print(
+            f"{run['run']}: {run['vs_memory']:.2f}x the in-memory steps/s (goal >= "
+            f"{GOAL_STREAMING:.2f}: {verdict}); adds {run['rss_added_mb']:.0f} MB to the "
+            f"baseline's peak RSS ({100 * run['rss_added_mb'] / store_mb:.0f}% of the store; "
+            f"input budget {budget:.0f} MB)")
+    bench.console.print(f"Extract over 4x the clips changes peak RSS by {grown:+.0f} MB")
     bench.results["memory"] = {"store_mb": store_mb, "store_shape": list(MEMORY_STORE),
-                               "write_seconds": write_s, "runs": rows}
+                               "write_seconds": write_s, "bounded_budget_mb": MEMORY_BOUNDED_MB,
+                               "default_budget_mb": default_mb,
+                               "goal_vs_memory": GOAL_STREAMING, "runs": rows}
 
 
 SECTIONS = [section_machine, section_speed, section_breakdown, section_goal, section_extract,
