@@ -277,7 +277,8 @@ def _run_one(stage: Stage, ctx: Context, item: Item) -> tuple[RecordStatus, dict
         return "failed", {"reason": str(access_error(exc)), "retry": True,
                           "seconds": time.perf_counter() - started}
     except Exception as exc:  # noqa: BLE001 - one bad item must not stop the others
-        return "failed", {"reason": f"unexpected {type(exc).__name__}: {exc}", "retry": True,
+        first = (str(exc).strip().splitlines() or [""])[0]  # TF errors carry a traceback
+        return "failed", {"reason": f"unexpected {type(exc).__name__}: {first}", "retry": True,
                           "traceback": traceback.format_exc(limit=5),
                           "seconds": time.perf_counter() - started}
     return "done", {"outputs": [file_entry(p, ctx.workdir) for p in output.files],

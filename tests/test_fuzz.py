@@ -103,6 +103,8 @@ def _apply(op: list) -> None:
             handle.write(bytes.fromhex(op[2]))
     elif kind == "write":
         path.write_text(op[2], encoding="utf-8")
+    elif kind == "write_hex":
+        path.write_bytes(bytes.fromhex(op[2]))
     else:
         raise ValueError(f"unknown setup op {op!r}")
 
@@ -514,6 +516,41 @@ def config_runs(rng: random.Random) -> list[dict]:
     return runs
 
 
+def config_file_runs(rng: random.Random, folder: Path) -> list[dict]:
+    """`fer config show -c FILE` on the file `fer config init` writes, damaged."""
+    import yaml
+
+    from fercli.config import defaults
+
+    text = yaml.safe_dump(defaults(), sort_keys=False).encode()
+    runs = []
+    for k in range(n(60)):
+        data = bytearray(text)
+        how = rng.choice(["truncate", "flip", "digit", "line", "append"])
+        if how == "truncate":
+            data = data[:rng.randrange(len(data))]
+        elif how == "flip":
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(len(data))] ^= rng.randrange(1, 256)
+        elif how == "digit":
+            digits = [i for i, b in enumerate(data) if 48 <= b <= 57]
+            data[rng.choice(digits)] = rng.randrange(48, 58)
+        elif how == "line":  # one line replaced by an odd value, indentation kept
+            lines = bytes(data).split(b"\n")
+            at = rng.randrange(len(lines))
+            key = lines[at].split(b":")[0]
+            lines[at] = key + b": " + rng.choice(GENERIC_VALUES[:90]).encode("utf-8",
+                                                                             "surrogatepass")
+            data = bytearray(b"\n".join(lines))
+        else:
+            data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
+        path = folder / f"config-{k}.yaml"
+        runs.append({"id": f"config-file-{k}-{how}", "kind": "config-file",
+                     "argv": ["config", "show", "-c", str(path)], "timeout": 30.0,
+                     "setup": [["write_hex", str(path), bytes(data).hex()]]})
+    return runs
+
+
 def subprocess_runs(rng: random.Random) -> list[dict]:
     """Real processes: argv bytes that are not UTF-8, stdout and stderr not terminals."""
     runs = []
@@ -533,7 +570,7 @@ def subprocess_runs(rng: random.Random) -> list[dict]:
 # =========================================================================== tests: config
 def test_config_values_fuzz(tmp_path):
     rng = random.Random(SEED)
-    runs = config_runs(rng) + subprocess_runs(rng)
+    runs = config_runs(rng) + config_file_runs(rng, tmp_path) + subprocess_runs(rng)
     check(runs, tmp_path, "config")
 
 
