@@ -304,8 +304,10 @@ SCHEMA: dict[str, dict[str, Param]] = {
         "size": _p(160, int, "Side of the square face crop (paper 000: 160x160).", min=16,
                    max=1024),
         "color": _p(True, bool, "Keep colour (false: gray clips)."),
-        "codec": _p("ffv1", str, "Lossless codec: ffv1 (.mkv, exact for colour and gray) or "
-                    "huffyuv (.avi, colour only, as in paper 000).", choices=("ffv1", "huffyuv")),
+        "codec": _p("x264", str, "Lossless codec, all bit-exact and byte-reproducible: x264 "
+                    "(.mkv, lossless H.264; fastest, smallest), ffv1 (.mkv, every frame "
+                    "independent) or huffyuv (.avi, colour only, as in paper 000).",
+                    choices=("x264", "ffv1", "huffyuv")),
         "redetect_tries": _p(3, int, "Frames in which to re-detect a lost face before the "
                              "item fails.", min=0, max=1000),
         "smooth": _p(0.7, (int, float), "One-euro smoothing of the face box: weight the "
