@@ -7,11 +7,17 @@
 # Usage: bash examples/slurm/submit.sh CONFIG.yaml [NSHARDS]   (NSHARDS default 8)
 # Run it from the folder where logs/ should go; the jobs inherit this environment (FER,
 # CONFIG, NSHARDS), so activate fercli's virtualenv first or set FER=/path/to/fer.
+#
+# SBATCH_ARGS: extra sbatch options for every job, after the scripts' #SBATCH lines so
+# they win, e.g. SBATCH_ARGS="--partition=gpu --account=lab" or, on a small CPU-only
+# cluster, SBATCH_ARGS="--cpus-per-task=1 --mem=2G --gres=none" (tests/test_slurm.py).
+# Split on spaces: no quoting inside.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CONFIG="$(realpath "${1:?usage: submit.sh CONFIG.yaml [NSHARDS]}")"
 NSHARDS="${2:-8}"
 FER="${FER:-fer}"
+read -r -a EXTRA <<< "${SBATCH_ARGS:-}"
 STAGES="detect track trim augment extract"
 export CONFIG NSHARDS FER
 
@@ -24,18 +30,19 @@ FOLDS="$("$FER" config show --config "$CONFIG" | awk '
 [ -n "$FOLDS" ] || { echo "cannot read split.folds from $CONFIG" >&2; exit 2; }
 mkdir -p logs
 
-job_id() { cut -d';' -f1; }  # sbatch --parsable prints "ID" or "ID;CLUSTER"
+# sbatch --parsable prints "ID" or "ID;CLUSTER": keep the ID
+submit() { sbatch --parsable "${EXTRA[@]}" "$@" | cut -d';' -f1; }
 
-jid="$(sbatch --parsable "$HERE/prepare.sbatch" | job_id)"
+jid="$(submit "$HERE/prepare.sbatch")"
 echo "prepare: job $jid"
 for stage in $STAGES; do
     # afterok on an array job waits for every one of its tasks.
-    jid="$(sbatch --parsable --dependency="afterok:$jid" --array="1-$NSHARDS" \
-        --job-name="fer-$stage" "$HERE/stage_array.sbatch" "$stage" | job_id)"
+    jid="$(submit --dependency="afterok:$jid" --array="1-$NSHARDS" --job-name="fer-$stage" \
+        "$HERE/stage_array.sbatch" "$stage")"
     echo "$stage: array job $jid (shards 1..$NSHARDS)"
 done
-jid="$(sbatch --parsable --dependency="afterok:$jid" --array="0-$((FOLDS - 1))" \
-    "$HERE/cv_fold_array.sbatch" | job_id)"
+jid="$(submit --dependency="afterok:$jid" --array="0-$((FOLDS - 1))" \
+    "$HERE/cv_fold_array.sbatch")"
 echo "cv-train: array job $jid (folds 0..$((FOLDS - 1)))"
-jid="$(sbatch --parsable --dependency="afterok:$jid" "$HERE/finish.sbatch" | job_id)"
+jid="$(submit --dependency="afterok:$jid" "$HERE/finish.sbatch")"
 echo "finish: job $jid"
