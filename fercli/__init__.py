@@ -1,5 +1,5 @@
 """fercli: a resumable command-line pipeline for video facial expression recognition."""
-from . import tfenv
+from .core import tfenv
 
 __version__ = "0.1.0"
 

@@ -10,10 +10,10 @@ from typing import Callable
 
 from rich.console import Console
 
-from .config import Config, load_config
-from .engine import StageResult, stage_states
-from .engine import run_stage as _run_stage
-from .errors import ConfigError
+from .core.config import Config, load_config
+from .core.engine import StageResult, stage_states
+from .core.engine import run_stage as _run_stage
+from .core.errors import ConfigError
 from .stages import PIPELINE
 
 __all__ = ["load_config", "run_pipeline", "run_stage", "status", "default_workers"]
@@ -49,7 +49,7 @@ def run_pipeline(config: Config, until: str | None = None, workers: int | None =
             after_stage(results[-1])
         if name == until:
             return results
-    from .report import write_report
+    from .reporting.report import write_report
 
     html_path, _, n_images = write_report(config.workdir, config.workdir / "report")
     (console or Console(stderr=True)).print(f"report: {html_path} ({n_images} figures)")

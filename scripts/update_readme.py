@@ -1,8 +1,8 @@
-"""Regenerate the README's config reference block from fercli.config (make docs)."""
+"""Regenerate the README's config reference block from fercli.core.config (make docs)."""
 import re
 from pathlib import Path
 
-from fercli.config import reference_markdown
+from fercli.core.config import reference_markdown
 
 readme = Path(__file__).resolve().parents[1] / "README.md"
 text = readme.read_text()

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from fercli import api
-from fercli.errors import ConfigError
+from fercli.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

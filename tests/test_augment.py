@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from skimage import data
 
-from fercli.augment import (
+from fercli.core.errors import ConfigError, ItemError
+from fercli.vision.augment import (
     DEFAULT_OFFLINE,
     OFFLINE_LABELS,
     OFFLINE_METHODS,
@@ -20,7 +21,6 @@ from fercli.augment import (
     salt_pepper_noise,
     tf_apply_params,
 )
-from fercli.errors import ConfigError, ItemError
 
 SIZE = 160
 IDENTITY = {"rotation": 0.0, "zoom_x": 1.0, "zoom_y": 1.0, "shift_x": 0.0, "shift_y": 0.0,

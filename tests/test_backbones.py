@@ -9,8 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
-from fercli import weights
-from fercli.backbones import (
+from fercli.core.errors import ArtifactError, ConfigError, FerError, InputError
+from fercli.features import weights
+from fercli.features.backbones import (
     FER2013_LABELS,
     NORMALISATIONS,
     build_backbone_model,
@@ -22,7 +23,6 @@ from fercli.backbones import (
     training_base,
     unfreeze_last_blocks,
 )
-from fercli.errors import ArtifactError, ConfigError, FerError, InputError
 
 MINI = "minixception-fer2013"
 
@@ -80,7 +80,7 @@ def test_normalisations_equal_keras_preprocess_input(mode, application):
 def test_normalisation_layer_matches_numpy_for_every_mode():
     import keras
 
-    from fercli.backbones import normalisation_layer_class
+    from fercli.features.backbones import normalisation_layer_class
 
     rgb = np.random.default_rng(2).uniform(0, 255, (2, 4, 4, 3)).astype(np.float32)
     for mode in NORMALISATIONS:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from fercli.config import load_config
-from fercli.engine import context_for, run_stage
+from fercli.core.config import load_config
+from fercli.core.engine import context_for, run_stage
 from fercli.stages import PIPELINE
 from fercli.stages.cv_train import run_name, train_params
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import typer
 
 from fercli.cli import app
-from fercli.config import reference_markdown
+from fercli.core.config import reference_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

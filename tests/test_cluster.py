@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fercli.config import load_config
-from fercli.engine import run_stage
+from fercli.core.config import load_config
+from fercli.core.engine import run_stage
 from fercli.stages import PIPELINE
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ import tracemalloc
 
 import pytest
 
-from fercli.config import (
+from fercli.core.config import (
     AUGMENT_METHODS,
     FEATURE_MODELS,
     FUSION_METHODS,
@@ -17,7 +17,7 @@ from fercli.config import (
     params_hash,
     reference_markdown,
 )
-from fercli.errors import ConfigError
+from fercli.core.errors import ConfigError
 
 
 def test_defaults_follow_the_thesis():
@@ -91,7 +91,7 @@ def test_reference_lists_every_key():
 
 
 def test_ckplus_presets_default_to_apex_ending_clips_unless_told_otherwise():
-    from fercli.config import load_config
+    from fercli.core.config import load_config
 
     cfg = load_config(None, ["index.preset=ckplus48"])
     assert cfg["trim"]["shape"] == "onset-apex" and cfg["detect"]["detector"] == "none"
@@ -272,9 +272,9 @@ def test_shipped_configs_pass_every_rule():
 
 
 def test_names_repeated_from_other_modules_match_them():
-    from fercli.augment import OFFLINE_METHODS
-    from fercli.models import FEATURE_MODELS as MODELS
+    from fercli.learning.models import FEATURE_MODELS as MODELS
     from fercli.stages.fuse import METHODS
+    from fercli.vision.augment import OFFLINE_METHODS
 
     assert AUGMENT_METHODS == tuple(OFFLINE_METHODS)
     assert FUSION_METHODS == METHODS

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fercli import datasets
-from fercli.datasets import (
+from fercli.core.errors import ArtifactError, ConfigError, InputError
+from fercli.features.featurestore import FeatureStore, FeatureStoreWriter, Row
+from fercli.learning import datasets
+from fercli.learning.datasets import (
     clip_dataset,
     describe_devices,
     distribution_strategy,
@@ -24,9 +26,7 @@ from fercli.datasets import (
     load_clip,
     training_rows,
 )
-from fercli.errors import ArtifactError, ConfigError, InputError
-from fercli.featurestore import FeatureStore, FeatureStoreWriter, Row
-from fercli.models import build_model, compile_model
+from fercli.learning.models import build_model, compile_model
 from fercli.vision.clipio import ClipWriter
 
 CLASSES = ["angry", "happy", "sad"]
@@ -208,7 +208,7 @@ def test_clip_errors_name_the_file(tmp_path):
 
 
 def test_online_augmentation_varies_per_epoch_keeps_padding_zero(tmp_path):
-    from fercli.augment import OnlineAugment
+    from fercli.vision.augment import OnlineAugment
 
     clips = [(write_clip(tmp_path / f"{i}.mkv", 6, color=True), 0, 3, 0) for i in range(3)]
     dataset = clip_dataset(clips, 3, max_frames=5, size=(16, 16), color=True, batch_size=3,
@@ -248,8 +248,8 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from fercli.datasets import distribution_strategy, feature_dataset
-    from fercli.models import build_model, compile_model
+    from fercli.learning.datasets import distribution_strategy, feature_dataset
+    from fercli.learning.models import build_model, compile_model
     auto = distribution_strategy("auto").num_replicas_in_sync
     strategy = distribution_strategy("mirrored")
     per_replica = 3

@@ -15,8 +15,8 @@ import pytest
 from conftest import write_video
 
 import fercli.stages.track as track_module
-from fercli.config import load_config
-from fercli.engine import run_stage
+from fercli.core.config import load_config
+from fercli.core.engine import run_stage
 from fercli.stages import PIPELINE
 from fercli.vision.clipio import ClipWriter
 

@@ -11,12 +11,12 @@ import pytest
 from conftest import write_video
 
 import fercli.stages.index as index_module
-from fercli.config import load_config
-from fercli.engine import run_stage, stage_states
-from fercli.errors import LockError
-from fercli.media import probe as real_probe
+from fercli.core.config import load_config
+from fercli.core.engine import run_stage, stage_states
+from fercli.core.errors import LockError
+from fercli.core.workspace import StageLock, atomic_path
 from fercli.stages import PIPELINE
-from fercli.workspace import StageLock, atomic_path
+from fercli.vision.media import probe as real_probe
 
 ROOT = Path(__file__).resolve().parents[1]
 

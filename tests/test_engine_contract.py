@@ -10,10 +10,18 @@ import json
 from pathlib import Path
 from typing import ClassVar
 
-from fercli.config import load_config
-from fercli.engine import Context, Item, ItemOutput, Stage, done_records, run_stage, stage_states
-from fercli.errors import ItemError
-from fercli.workspace import atomic_write_text
+from fercli.core.config import load_config
+from fercli.core.engine import (
+    Context,
+    Item,
+    ItemOutput,
+    Stage,
+    done_records,
+    run_stage,
+    stage_states,
+)
+from fercli.core.errors import ItemError
+from fercli.core.workspace import atomic_write_text
 
 
 class Squares(Stage):

@@ -16,8 +16,8 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from fercli.errors import ArtifactError, InputError
-from fercli.evaluation import (
+from fercli.core.errors import ArtifactError, InputError
+from fercli.learning.evaluation import (
     Probabilities,
     evaluate,
     human_evaluation,

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
-from fercli.config import load_config
-from fercli.engine import run_stage
-from fercli.errors import ConfigError
+from fercli.core.config import load_config
+from fercli.core.engine import run_stage
+from fercli.core.errors import ConfigError
 from fercli.stages import PIPELINE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ SETTINGS = [f"index.root={ROOT / 'sample_data'}",
 def make_run(workdir: Path, name: str, model_name: str, params: dict, input_shape: tuple,
              clip_size: int | None = None) -> Path:
     """A run folder as `fer finalize` writes it, around an untrained, decisive model."""
-    from fercli.models import build_model
+    from fercli.learning.models import build_model
 
     config = load_config(None, [f"workdir={workdir}", *SETTINGS])
     classes = json.loads((workdir / "index/classes.json").read_text())
@@ -55,7 +55,7 @@ def make_run(workdir: Path, name: str, model_name: str, params: dict, input_shap
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    from fercli.backbones import build_feature_extractor
+    from fercli.features.backbones import build_feature_extractor
 
     workdir = tmp_path_factory.mktemp("export") / "work"
     cfg = load_config(None, [f"workdir={workdir}", *SETTINGS])
@@ -72,7 +72,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def feature_export(runs) -> dict:
-    from fercli.export import export_run
+    from fercli.inference.export import export_run
 
     return export_run(runs["feature"], None, ["savedmodel", "tflite"],
                       ["none", "float16", "int8"])
@@ -107,8 +107,8 @@ def test_exported_files_run_without_fercli_models(runs, feature_export):
     """The SavedModel and the TFLite file alone give the run's probabilities."""
     import tensorflow as tf
 
-    from fercli.export import ExportedModel, KerasPipeline, pad_clip, run_clips
-    from fercli.predict import load_run
+    from fercli.inference.export import ExportedModel, KerasPipeline, pad_clip, run_clips
+    from fercli.inference.predict import load_run
 
     run = load_run(runs["feature"])
     clip = run_clips(run, "test")[0]
@@ -123,7 +123,7 @@ def test_exported_files_run_without_fercli_models(runs, feature_export):
 
 
 def test_export_json_keeps_earlier_files_of_the_same_model(runs, feature_export):
-    from fercli.export import export_run
+    from fercli.inference.export import export_run
 
     again = export_run(runs["feature"], None, ["savedmodel"], check=False)
     assert list(again["artifacts"]) == list(feature_export["artifacts"])
@@ -151,8 +151,8 @@ def test_clip_run_exports_through_the_cli(runs, fer, tmp_path):
 ])
 def test_graph_preprocessing_equals_the_backbone_preprocessing(size, target, channels, gray,
                                                                interpolation, mode, exact):
-    from fercli.backbones import BackboneSpec, normalise
-    from fercli.export import PixelPlan, _layers
+    from fercli.features.backbones import BackboneSpec, normalise
+    from fercli.inference.export import PixelPlan, _layers
 
     spec = BackboneSpec("probe", (*target, channels), mode, (), "pool", None, "")
     crops = np.random.default_rng(0).integers(0, 256, (5, size, size, 3), np.uint8)
@@ -168,7 +168,7 @@ def test_graph_preprocessing_equals_the_backbone_preprocessing(size, target, cha
 
 
 def test_clip_preprocessing_equals_load_clip_resizing():
-    from fercli.export import PixelPlan, _layers
+    from fercli.inference.export import PixelPlan, _layers
 
     crops = np.random.default_rng(1).integers(0, 256, (3, 64, 64, 3), np.uint8)
     expected = np.stack([cv2.cvtColor(cv2.resize(c, (32, 32), interpolation=cv2.INTER_AREA),
@@ -179,7 +179,7 @@ def test_clip_preprocessing_equals_load_clip_resizing():
 
 
 def test_export_option_mistakes(runs):
-    from fercli.export import plan_artifacts, resolve_run
+    from fercli.inference.export import plan_artifacts, resolve_run
 
     assert plan_artifacts(None, None) == [("savedmodel", "none"), ("tflite", "none")]
     assert plan_artifacts(["tflite"], ["float16", "int8"]) == [("tflite", "float16"),
@@ -224,10 +224,10 @@ def test_extract_predict_and_export_take_one_onset_baseline(identity_run):
     graph computes it from the onset crops: the same identity normalisation everywhere."""
     import keras
 
-    from fercli.export import KerasPipeline, build_inference_model, pad_onset, run_clips
-    from fercli.featurestore import FeatureStore
-    from fercli.identity import BASELINE_FRAMES
-    from fercli.predict import baseline_key, load_run, with_baseline
+    from fercli.features.featurestore import FeatureStore
+    from fercli.features.identity import BASELINE_FRAMES
+    from fercli.inference.export import KerasPipeline, build_inference_model, pad_onset, run_clips
+    from fercli.inference.predict import baseline_key, load_run, with_baseline
 
     run = load_run(identity_run)
     assert run.info["identity"] is True
@@ -270,8 +270,9 @@ def test_identity_run_exports_with_an_onset_input_and_agrees(identity_run):
     Keras pipeline as `fer predict` does and gives the same agreement table."""
     import tensorflow as tf
 
-    from fercli.errors import InputError
-    from fercli.export import (
+    from fercli.core.errors import InputError
+    from fercli.features.identity import BASELINE_FRAMES
+    from fercli.inference.export import (
         ExportedModel,
         KerasPipeline,
         export_run,
@@ -279,8 +280,7 @@ def test_identity_run_exports_with_an_onset_input_and_agrees(identity_run):
         pad_onset,
         run_clips,
     )
-    from fercli.identity import BASELINE_FRAMES
-    from fercli.predict import load_run
+    from fercli.inference.predict import load_run
 
     summary = export_run(identity_run, None, ["savedmodel", "tflite"], ["none", "int8"])
     assert summary["input"] == {"clip": [MAX_FRAMES, 64, 64, 3], "dtype": "uint8",

@@ -2,8 +2,8 @@ import h5py
 import numpy as np
 import pytest
 
-from fercli.errors import ArtifactError
-from fercli.featurestore import FeatureStore, FeatureStoreWriter, Row, export_fold
+from fercli.core.errors import ArtifactError
+from fercli.features.featurestore import FeatureStore, FeatureStoreWriter, Row, export_fold
 
 CLASSES = ["angry", "happy", "sad"]
 

@@ -1,12 +1,12 @@
 """Fuzz test of the CLI (issue 15, item 6): odd `--set` values and damaged artifacts.
 
-Every outcome must be exit 0 or a known exit code (fercli/errors.py) with exactly one
+Every outcome must be exit 0 or a known exit code (fercli/core/errors.py) with exactly one
 `Error:` line, the last one on stderr, and never a traceback, a hang or a memory-limit
 kill. Cases are drawn from a fixed seed (FER_FUZZ_SEED), so a failure names its run id
 and replays; FER_FUZZ_SCALE (default 1) multiplies the number of cases for a longer
 local run.
 
-* config: for every key of fercli.config.SCHEMA / GLOBAL_SCHEMA, values of wrong and edge
+* config: for every key of fercli.core.config.SCHEMA / GLOBAL_SCHEMA, values of wrong and edge
   types and ranges (YAML tags, anchors and alias bombs, NaN/inf, huge numbers and strings,
   control characters, unicode, bytes that are not UTF-8) and malformed keys, run through
   `fer config show --set key=value`; a value it accepts must also load back from the YAML
@@ -208,7 +208,7 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--driver"]:
 # =========================================================================== the parent
 import pytest  # noqa: E402  (the driver above runs without pytest)
 
-from fercli.config import GLOBAL_SCHEMA, SCHEMA, Param  # noqa: E402
+from fercli.core.config import GLOBAL_SCHEMA, SCHEMA, Param  # noqa: E402
 from fercli.stages import PIPELINE  # noqa: E402
 
 COUNTS: dict = {"seed": SEED, "scale": SCALE, "runs": 0, "by_kind": Counter(),
@@ -521,7 +521,7 @@ def config_file_runs(rng: random.Random, folder: Path) -> list[dict]:
     """`fer config show -c FILE` on the file `fer config init` writes, damaged."""
     import yaml
 
-    from fercli.config import defaults
+    from fercli.core.config import defaults
 
     text = yaml.safe_dump(defaults(), sort_keys=False).encode()
     runs = []

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from conftest import write_sequence, write_video
 
-from fercli.config import load_config
-from fercli.errors import InputError
+from fercli.core.config import load_config
+from fercli.core.errors import InputError
 from fercli.stages.index import make_item_ids, scan_dataset
 
 
@@ -151,5 +151,5 @@ def test_path_escape_in_csv_is_excluded(tmp_path):
     assert [i["id"] for i in items] == ["P2_a"]
     assert excluded[0].reason == "path escapes index.root"
     with pytest.raises(InputError):
-        from fercli.workspace import check_item_id
+        from fercli.core.workspace import check_item_id
         check_item_id("../etc")

@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 import pytest
 
-from fercli.config import load_config
-from fercli.errors import ConfigError, ItemError
-from fercli.media import iter_frames, probe, read_frame_list, source_kind
+from fercli.core.config import load_config
+from fercli.core.errors import ConfigError, ItemError
 from fercli.stages.index import make_item_ids, scan_dataset
+from fercli.vision.media import iter_frames, probe, read_frame_list, source_kind
 
 
 def read_csv(path: Path) -> list[dict]:

@@ -476,7 +476,7 @@ def csv_rows(path: Path) -> list[dict]:
 
 def check_checkpoints(stage_dir: Path) -> None:
     """Every published model file loads; state.json names a latest file that exists."""
-    from fercli.training import load_model
+    from fercli.learning.training import load_model
 
     for state_path in stage_dir.glob("runs/*/*/state.json"):
         state = json.loads(state_path.read_text())

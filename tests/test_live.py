@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import yaml
 
-from fercli.config import defaults
-from fercli.errors import ConfigError, InputError
+from fercli.core.config import defaults
+from fercli.core.errors import ConfigError, InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEO = ROOT / "sample_data" / "F001_happy_tex.avi"
@@ -33,8 +33,8 @@ LINE = re.compile(r"^\s*(\d+\.\d+) s\s+(\w+)\s+(\d\.\d\d)\s+\| (.+)$")
 def make_run(workdir: Path, name: str, identity: bool = False) -> Path:
     """A finalized run folder around an untrained LSTM on small-cnn features, or with
     ``identity`` an untrained pooled model with identity normalisation (baseline input)."""
-    from fercli.backbones import build_feature_extractor
-    from fercli.models import build_model
+    from fercli.features.backbones import build_feature_extractor
+    from fercli.learning.models import build_model
 
     dim = build_feature_extractor("small-cnn", weights=None).feature_dim
     run_dir = workdir / "finalize" / "runs" / name
@@ -60,7 +60,7 @@ def make_run(workdir: Path, name: str, identity: bool = False) -> Path:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    from fercli.export import export_run
+    from fercli.inference.export import export_run
 
     run_dir = make_run(tmp_path_factory.mktemp("live") / "work", "lstm-small")
     export_run(run_dir, formats=["tflite"], check=False)  # to work/export/lstm-small
@@ -110,8 +110,8 @@ def test_live_on_a_video_file_with_the_exported_model(run, fer, tmp_path):
 
 
 def test_the_keras_pipeline_runs_when_the_export_is_stale(run, tmp_path):
-    from fercli.live import load_classifier, run_live
-    from fercli.training import load_model
+    from fercli.inference.live import load_classifier, run_live
+    from fercli.learning.training import load_model
 
     workdir = run.parents[2]
     assert load_classifier(workdir, run.name).kind == "tflite"
@@ -137,7 +137,7 @@ def test_the_keras_pipeline_runs_when_the_export_is_stale(run, tmp_path):
 
 
 def test_a_video_without_a_face_gets_no_prediction(run, tmp_path):
-    from fercli.live import load_classifier, run_live
+    from fercli.inference.live import load_classifier, run_live
 
     blank = tmp_path / "blank.avi"
     writer = cv2.VideoWriter(str(blank), cv2.VideoWriter_fourcc(*"MJPG"), 25, (160, 120))
@@ -163,7 +163,7 @@ def test_live_mistakes_fail_in_one_line(run, fer, tmp_path):
 
 @pytest.fixture(scope="module")
 def identity_run(tmp_path_factory) -> Path:
-    from fercli.export import export_run
+    from fercli.inference.export import export_run
 
     run_dir = make_run(tmp_path_factory.mktemp("live-identity") / "work", "pooled-identity",
                        identity=True)
@@ -174,10 +174,10 @@ def identity_run(tmp_path_factory) -> Path:
 def test_live_feeds_identity_runs_the_first_face_crops_as_onset(identity_run):
     """An identity run's baseline comes from the first BASELINE_FRAMES face crops of the
     source for every window (`fer predict`'s rule), in the export and the Keras pipeline."""
-    from fercli.export import KerasPipeline
-    from fercli.identity import BASELINE_FRAMES
-    from fercli.live import keras_classifier, load_classifier, run_live
-    from fercli.predict import FaceSampler, load_run
+    from fercli.features.identity import BASELINE_FRAMES
+    from fercli.inference.export import KerasPipeline
+    from fercli.inference.live import keras_classifier, load_classifier, run_live
+    from fercli.inference.predict import FaceSampler, load_run
     from fercli.stages.detect import detector_from_params
 
     exported = load_classifier(identity_run.parents[2], identity_run.name)

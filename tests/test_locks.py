@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fercli.config import load_config
-from fercli.engine import run_stage
+from fercli.core.config import load_config
+from fercli.core.engine import run_stage
+from fercli.core.workspace import StageLock
 from fercli.stages import PIPELINE
 from fercli.vision.clipio import read_clip
-from fercli.workspace import StageLock
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = [f"index.root={ROOT / 'sample_data'}", "index.classes=[happy, sad, surprise]",

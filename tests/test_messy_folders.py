@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fercli.api import load_config, run_pipeline, status
-from fercli.errors import access_error
+from fercli.core.errors import access_error
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"
@@ -200,8 +200,8 @@ def test_every_os_error_names_its_path_and_a_remedy(code, words):
 
 # --------------------------------------------------------------------------- messages
 def test_when_every_item_failed_no_one_is_told_the_others_are_complete():
-    from fercli.engine import StageResult, raise_if_failed
-    from fercli.errors import ItemsFailedError
+    from fercli.core.engine import StageResult, raise_if_failed
+    from fercli.core.errors import ItemsFailedError
 
     for failed, words in ((3, "no item succeeded"), (1, "the other items are complete")):
         result = StageResult("detect", skipped=False, n_items=3, n_failed=failed,
@@ -213,7 +213,7 @@ def test_when_every_item_failed_no_one_is_told_the_others_are_complete():
 def test_no_face_hint_names_the_setting_that_looks_further():
     import numpy as np
 
-    from fercli.errors import ItemError
+    from fercli.core.errors import ItemError
     from fercli.vision.detect import detect_first_face, make_detector
 
     blank = [np.zeros((120, 160, 3), np.uint8)] * 12

@@ -5,8 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-from fercli.errors import ConfigError
-from fercli.models import (
+from fercli.core.errors import ConfigError
+from fercli.learning.models import (
     CLIP_MODELS,
     FEATURE_MODELS,
     MODEL_DEFAULTS,
@@ -173,7 +173,7 @@ def test_defaults_cover_every_model_and_resolve_unchanged():
 
 def test_pooled_model_pools_only_real_steps_and_the_last_k():
     """mean / max / last-k over the real steps, by hand, equal the layer's output."""
-    from fercli.models import MaskedPooling
+    from fercli.learning.models import MaskedPooling
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(2, 6, 3)).astype(np.float32)
@@ -188,7 +188,7 @@ def test_pooled_model_pools_only_real_steps_and_the_last_k():
 def test_identity_normalisation_feeds_the_change_from_the_baseline():
     """With a baseline input the model reads [x, x - b]: adding the same vector to every
     frame and to the baseline (another person, same expression change) changes only x."""
-    from fercli.models import IdentityNormalisation
+    from fercli.learning.models import IdentityNormalisation
 
     rng = np.random.default_rng(4)
     x = rng.normal(size=(2, 5, 3)).astype(np.float32)
@@ -204,7 +204,7 @@ def test_identity_normalisation_feeds_the_change_from_the_baseline():
 
 
 def test_macro_recall_is_the_mean_of_per_class_recalls():
-    from fercli.models import MacroRecall
+    from fercli.learning.models import MacroRecall
 
     metric = MacroRecall(3)
     truth = np.eye(3, dtype=np.float32)[[0, 0, 0, 0, 1, 1]]  # class 2 absent: left out
@@ -215,7 +215,7 @@ def test_macro_recall_is_the_mean_of_per_class_recalls():
 
 def test_class_weights_scale_the_loss_of_each_class():
     """balanced weights: n / (k n_c); the weighted loss of a batch is the weighted mean."""
-    from fercli.training import balanced_class_weights
+    from fercli.learning.training import balanced_class_weights
 
     labels = np.array([0, 0, 0, 1])
     weights = balanced_class_weights(labels, 3)

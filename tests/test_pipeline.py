@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
 
-from fercli.config import load_config
-from fercli.engine import run_stage
-from fercli.featurestore import FeatureStore
+from fercli.core.config import load_config
+from fercli.core.engine import run_stage
+from fercli.features.featurestore import FeatureStore
 from fercli.stages import PIPELINE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +116,7 @@ def test_versions_name_python_the_key_libraries_and_every_distribution():
     import tensorflow as tf
 
     from fercli import __version__
-    from fercli.versions import collect_versions
+    from fercli.core.versions import collect_versions
 
     versions = collect_versions()
     libraries = versions["libraries"]
@@ -159,8 +159,8 @@ def test_pooled_model_with_identity_normalisation_end_to_end(work, tmp_path):
     and predict (in a copy of the workdir: the other tests expect one finalized run)."""
     import shutil
 
-    from fercli.identity import BASELINE_FRAMES
-    from fercli.predict import predict_videos
+    from fercli.features.identity import BASELINE_FRAMES
+    from fercli.inference.predict import predict_videos
 
     work = Path(shutil.copytree(work, tmp_path / "work"))
     cfg = config(work, "train.model=pooled", "train.model_params={}", "train.identity=onset",
@@ -217,7 +217,7 @@ def test_killed_fold_resumes_at_the_next_epoch(work, tmp_path):
 
 
 def test_fuse_and_evaluate_match_sklearn(work):
-    from fercli.evaluation import load_probabilities
+    from fercli.learning.evaluation import load_probabilities
     from fercli.stages.fuse import fuse_scores
 
     cfg = config(work, "train.model=lstm", "train.model_params={units: 8}")

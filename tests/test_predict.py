@@ -17,9 +17,15 @@ import numpy as np
 import pytest
 import yaml
 
-from fercli.config import defaults
-from fercli.errors import ConfigError, InputError
-from fercli.predict import label_groups, output_names, parse_label_map, predict_videos, sampled_in
+from fercli.core.config import defaults
+from fercli.core.errors import ConfigError, InputError
+from fercli.inference.predict import (
+    label_groups,
+    output_names,
+    parse_label_map,
+    predict_videos,
+    sampled_in,
+)
 
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise"]
@@ -54,7 +60,7 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float = 25) -> Path:
 def make_run(workdir: Path, name: str, model_name: str, params: dict, input_shape: tuple,
              clip_size: int | None = None) -> Path:
     """A run folder as `fer finalize` writes it, around an untrained model."""
-    from fercli.models import build_model
+    from fercli.learning.models import build_model
 
     run_dir = workdir / "finalize" / "runs" / name
     run_dir.mkdir(parents=True)
@@ -74,7 +80,7 @@ def make_run(workdir: Path, name: str, model_name: str, params: dict, input_shap
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    from fercli.backbones import build_feature_extractor
+    from fercli.features.backbones import build_feature_extractor
 
     feature_dim = build_feature_extractor("small-cnn", weights=None).feature_dim
     workdir = tmp_path_factory.mktemp("project") / "work"
@@ -185,13 +191,13 @@ def test_label_map_sums_mapped_classes_and_keeps_the_others(whole):
 def test_prediction_matches_the_training_pipeline(runs, videos, whole, tmp_path):
     """Crops of the track stage, trim on motion, extract in batches via the float16 store
     (feature run) and load_clip from a lossless clip (clip run) give the same scores."""
-    from fercli.backbones import build_feature_extractor
-    from fercli.datasets import load_clip
-    from fercli.media import iter_frames
+    from fercli.features.backbones import build_feature_extractor
+    from fercli.learning.datasets import load_clip
+    from fercli.learning.training import load_model
     from fercli.stages.extract import extract_sequence
-    from fercli.training import load_model
     from fercli.vision.clipio import ClipWriter
     from fercli.vision.detect import HaarDetector, detect_first_face
+    from fercli.vision.media import iter_frames
     from fercli.vision.track import track_faces
     from fercli.vision.trim import motion_scores, trim_range
 

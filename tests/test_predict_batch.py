@@ -25,7 +25,7 @@ VIDEOS = ["F001_happy", "F002_sad", "M001_angry", "M002_surprise", "F003_fear", 
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory) -> dict[str, Path]:
-    from fercli.backbones import build_feature_extractor
+    from fercli.features.backbones import build_feature_extractor
 
     base = tmp_path_factory.mktemp("batch")
     feature_dim = build_feature_extractor("small-cnn", weights=None).feature_dim

@@ -13,12 +13,12 @@ import cv2
 import numpy as np
 from conftest import write_face_video, write_sequence
 
-from fercli.config import SCHEMA, load_config
-from fercli.engine import run_stage, stage_states
-from fercli.media import iter_frames
+from fercli.core.config import SCHEMA, load_config
+from fercli.core.engine import run_stage, stage_states
 from fercli.stages import PIPELINE
 from fercli.vision.clipio import read_clip
 from fercli.vision.detect import Box, Detection
+from fercli.vision.media import iter_frames
 from fercli.vision.track import track_faces
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,9 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from fercli.backbones import build_feature_extractor
-from fercli.errors import ConfigError, InputError
-from fercli.pretrain import (
+from fercli.core.errors import ConfigError, InputError
+from fercli.core.workspace import file_sha256
+from fercli.features.backbones import build_feature_extractor
+from fercli.features.pretrain import (
     ImageSplit,
     augmentation,
     load_still_images,
@@ -20,7 +21,6 @@ from fercli.pretrain import (
     run_pretrain,
     scan_image_folders,
 )
-from fercli.workspace import file_sha256
 
 
 def shape_image(code: int, rng: np.random.Generator, side: int = 48) -> np.ndarray:

@@ -13,7 +13,7 @@ import textwrap
 
 import numpy as np
 
-from fercli import tfenv
+from fercli.core import tfenv
 
 # Lines seen on a CPU machine with TensorFlow 2.21 (and the older date-prefixed format)
 CHATTER = [
@@ -90,7 +90,7 @@ def test_predictions_of_one_model_per_fold_trace_nothing():
     import keras
     import tensorflow as tf
 
-    from fercli.training import predict_batches
+    from fercli.learning.training import predict_batches
 
     records: list[str] = []
     handler = logging.Handler()

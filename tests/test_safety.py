@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from fercli.errors import InputError
-from fercli.verify import repair, verify_workdir
-from fercli.workspace import StageDir, check_item_id, file_entry
+from fercli.core.errors import InputError
+from fercli.core.verify import repair, verify_workdir
+from fercli.core.workspace import StageDir, check_item_id, file_entry
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fercli"
 UNSAFE_MODULES = {"pickle", "cPickle", "dill", "cloudpickle", "marshal", "shelve", "joblib"}

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fercli.errors import ArtifactError, ConfigError
+from fercli.core.errors import ArtifactError, ConfigError
 from fercli.sampledata import EXPRESSIONS, FPS, generate_sample_data, intensity_course, write_video
 
 N_SUBJECTS = 2

@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from fercli.errors import ConfigError
+from fercli.core.errors import ConfigError
 from fercli.stages.split import expand_subjects, make_split, make_stratified_split
 
 THESIS_FOLDS = [["F011-F015", "F017-F027"], ["F028-F043"], ["F044-F058", "M011"],

@@ -6,8 +6,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from fercli.errors import ConfigError, ItemError
-from fercli.plots import (
+from fercli.core.errors import ConfigError, ItemError
+from fercli.reporting.plots import (
     new_figure,
     plot_lengths,
     plot_lengths_before_after,

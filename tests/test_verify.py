@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import fercli.stages.track as track_module
-from fercli.config import load_config
-from fercli.engine import run_stage, stage_states
+from fercli.core.config import load_config
+from fercli.core.engine import run_stage, stage_states
+from fercli.core.verify import repair, verify_workdir
 from fercli.stages import PIPELINE
-from fercli.verify import repair, verify_workdir
 from fercli.vision.clipio import ClipWriter, read_clip
 
 DATA = Path(__file__).resolve().parent / "data"

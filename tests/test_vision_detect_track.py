@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from fercli.errors import ConfigError, FerError, ItemError
+from fercli.core.errors import ConfigError, FerError, ItemError
 from fercli.vision.clipio import (
     CODECS,
     ClipWriter,

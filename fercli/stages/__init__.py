@@ -1,7 +1,7 @@
 """The pipeline, in order."""
 from __future__ import annotations
 
-from ..engine import Stage
+from ..core.engine import Stage
 from .augment import AugmentStage
 from .cv_train import CvTrainStage
 from .detect import DetectStage

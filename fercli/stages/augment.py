@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..engine import Context, Item, ItemOutput, Stage, done_records
+from ..core.engine import Context, Item, ItemOutput, Stage, done_records
 from ..vision.clipio import ClipWriter, iter_clip
 from .split import load_splits
 
@@ -47,8 +47,8 @@ class AugmentStage(Stage):
         return params
 
     def list_items(self, ctx: Context) -> list[Item]:
-        from ..augment import OFFLINE_METHODS
-        from ..errors import ConfigError
+        from ..core.errors import ConfigError
+        from ..vision.augment import OFFLINE_METHODS
 
         unknown = [m for m in ctx.params["augment"]["methods"] if m not in OFFLINE_METHODS]
         if unknown:
@@ -59,7 +59,7 @@ class AugmentStage(Stage):
         return [item for item in ctx.upstream_item_list("trim") if item.id in training]
 
     def process_item(self, ctx: Context, item: Item) -> ItemOutput:
-        from ..augment import augment_sequence, sequence_seed
+        from ..vision.augment import augment_sequence, sequence_seed
 
         params, track = ctx.params["augment"], ctx.params["track"]
         info = item.payload
@@ -80,7 +80,7 @@ class AugmentStage(Stage):
                                        "fps": info["fps"]})
 
     def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
-        from ..augment import plot_augment_preview
+        from ..vision.augment import plot_augment_preview
 
         done = done_records(records)
         console.print(f"augment: {sum(len(r['info']['methods']) for r in done)} augmented "

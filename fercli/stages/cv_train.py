@@ -3,7 +3,7 @@
 Each fold of splits.json is an item: train on the other folds (with their augmented rows),
 validate on this fold's original rows, for a fixed number of epochs (no early stopping:
 the folds' curves are averaged epoch-wise). A fold resumes at the next epoch after a kill
-(fercli.training). Run folders name the experiment, ``runs/<model>-<features>-<hash>/``,
+(fercli.learning.training). Run folders name the experiment, ``runs/<model>-<features>-<hash>/``,
 so several live side by side; each holds the resolved config and classes.json.
 """
 from __future__ import annotations
@@ -17,12 +17,12 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from ..config import MODEL_LEARNING_RATES, THESIS_LEARNING_RATE, Config, params_hash
-from ..engine import Context, Item, ItemOutput, Stage, done_records
-from ..workspace import atomic_write_json, atomic_write_text, read_json, read_text, write_csv
+from ..core.config import MODEL_LEARNING_RATES, THESIS_LEARNING_RATE, Config, params_hash
+from ..core.engine import Context, Item, ItemOutput, Stage, done_records
+from ..core.workspace import atomic_write_json, atomic_write_text, read_json, read_text, write_csv
 from .split import load_splits
 
-CLIP_MODELS = ("lrcn", "c3d", "convlstm")  # as fercli.models, without importing Keras
+CLIP_MODELS = ("lrcn", "c3d", "convlstm")  # as fercli.learning.models, without importing Keras
 
 
 def is_clip_model(model: str) -> bool:
@@ -77,11 +77,11 @@ class TrainingData:
     """Rows, datasets and input shape of one run, from the feature store or the clips."""
 
     def __init__(self, workdir: Path, params: dict):
-        from ..featurestore import FeatureStore
+        from ..features.featurestore import FeatureStore
 
         self.params = params
         self.clip = is_clip_model(params["model"])
-        self.identity = False  # set below for feature models (fercli.identity)
+        self.identity = False  # set below for feature models (fercli.features.identity)
         self.max_frames = params["max_frames"]
         self.n_folds = len(load_splits(workdir)["items"]["folds"])
         if self.clip:
@@ -90,7 +90,7 @@ class TrainingData:
             self.input_shape = (self.max_frames, params["clip_size"], params["clip_size"],
                                 channels)
         else:
-            from ..identity import use_identity
+            from ..features.identity import use_identity
 
             self.store_path = workdir / "extract" / "features.h5"
             self.table = FeatureStore(self.store_path)
@@ -101,17 +101,17 @@ class TrainingData:
         self.classes = list(self.table.classes)
 
     def fold_rows(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
-        from ..datasets import training_rows
+        from ..learning.datasets import training_rows
 
         return training_rows(self.table, fold, self.n_folds, self.params["augmented"])
 
     def final_rows(self) -> np.ndarray:
-        from ..datasets import final_rows
+        from ..learning.datasets import final_rows
 
         return final_rows(self.table, self.params["augmented"])
 
     def test_rows(self) -> np.ndarray:
-        from ..datasets import test_rows
+        from ..learning.datasets import test_rows
 
         return test_rows(self.table)
 
@@ -125,7 +125,7 @@ class TrainingData:
 
     def dataset(self, rows: np.ndarray, *, batch_size: int, shuffle: bool, seed: int,
                 training: bool = False):
-        from ..datasets import clip_dataset, feature_dataset
+        from ..learning.datasets import clip_dataset, feature_dataset
 
         if not self.clip:
             return feature_dataset(self.store_path, rows, self.max_frames, batch_size,
@@ -138,7 +138,7 @@ class TrainingData:
 
     def class_weight(self, rows: np.ndarray) -> dict[int, float] | None:
         """``train.class_weight`` for these training rows (None: unweighted)."""
-        from ..training import balanced_class_weights
+        from ..learning.training import balanced_class_weights
 
         if self.params["class_weight"] == "none":
             return None
@@ -148,8 +148,8 @@ class TrainingData:
                             batch_size: int) -> tuple[float, float]:
         """Softmax of every row as CSV (name, subject, label, pred, one column per class);
         returns (accuracy, UAR)."""
-        from ..evaluation import unweighted_average_recall
-        from ..training import predict_batches
+        from ..learning.evaluation import unweighted_average_recall
+        from ..learning.training import predict_batches
 
         probs = predict_batches(model, self.dataset(rows, batch_size=batch_size,
                                                     shuffle=False, seed=0))
@@ -186,7 +186,7 @@ def run_name(ctx: Context, params: dict) -> str:
 
 
 def build_fn(data: TrainingData, params: dict):
-    from ..models import build_model, compile_model
+    from ..learning.models import build_model, compile_model
 
     def build():
         model = build_model(params["model"], params["model_params"], data.input_shape,
@@ -199,7 +199,7 @@ def build_fn(data: TrainingData, params: dict):
 def train_fold(data: TrainingData, params: dict, fold: int, run_dir: Path, epochs: int,
                early_stopping: dict | None = None):
     """Train on the other folds, validate on ``fold`` (resumable); -> (result, batch, devices)."""
-    from ..training import train_resumable
+    from ..learning.training import train_resumable
 
     strategy, devices = prepare_devices(params)
     train_rows, val_rows = data.fold_rows(fold)
@@ -217,7 +217,7 @@ def train_fold(data: TrainingData, params: dict, fold: int, run_dir: Path, epoch
 
 def prepare_devices(params: dict):
     """Strategy (all GPUs when several) and precision; returns (strategy, device lines)."""
-    from ..datasets import describe_devices, distribution_strategy, enable_mixed_precision
+    from ..learning.datasets import describe_devices, distribution_strategy, enable_mixed_precision
 
     enable_mixed_precision(params["mixed_precision"])
     strategy = distribution_strategy(params["strategy"])
@@ -248,7 +248,7 @@ class CvTrainStage(Stage):
         return [Item(f"fold-{k}", ctx.upstream_hashes, {"fold": k}) for k in range(n_folds)]
 
     def process_item(self, ctx: Context, item: Item) -> ItemOutput:
-        from ..training import load_model
+        from ..learning.training import load_model
 
         params = ctx.params["train"]
         run = run_name(ctx, params)
@@ -272,8 +272,8 @@ class CvTrainStage(Stage):
             "devices": devices})
 
     def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
-        from ..plots import plot_cv_curves
-        from ..training import honest_cv, mean_curve, read_log
+        from ..learning.training import honest_cv, mean_curve, read_log
+        from ..reporting.plots import plot_cv_curves
 
         done = done_records(records)
         if not done:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..config import params_hash
-from ..engine import Context, Item, ItemOutput, Stage
-from ..errors import ConfigError
-from ..media import iter_frames
+from ..core.config import params_hash
+from ..core.engine import Context, Item, ItemOutput, Stage
+from ..core.errors import ConfigError
+from ..core.workspace import write_csv
 from ..vision.detect import Detection, FaceDetector, detect_first_face, make_detector
-from ..workspace import write_csv
+from ..vision.media import iter_frames
 
 
 def detector_from_params(params: dict) -> FaceDetector:

@@ -15,10 +15,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ..config import Config
-from ..engine import Context, Item, ItemOutput, Stage, done_records
-from ..errors import ConfigError, MissingUpstreamError
-from ..workspace import file_sha256, read_json, read_text, write_csv
+from ..core.config import Config
+from ..core.engine import Context, Item, ItemOutput, Stage, done_records
+from ..core.errors import ConfigError, MissingUpstreamError
+from ..core.workspace import file_sha256, read_json, read_text, write_csv
 from .fuse import finalized_runs
 
 
@@ -82,7 +82,7 @@ class EvaluateStage(Stage):
         return [Item(t, file_sha256(files[t]), {"probs": str(files[t])}) for t in targets]
 
     def process_item(self, ctx: Context, item: Item) -> ItemOutput:
-        from ..evaluation import (
+        from ..learning.evaluation import (
             evaluate,
             human_evaluation,
             load_human_annotations,

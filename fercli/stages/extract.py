@@ -3,7 +3,7 @@
 Frames go through the backbone in batches of ``extract.batch_size`` (never one at a time).
 Each item's features are first saved alone (``items/<row>.npy``, so a killed run resumes
 at the next clip); when all are done they are streamed into ``features.h5`` (see
-fercli.featurestore), one row per original or augmented clip, with subject, label,
+fercli.features.featurestore), one row per original or augmented clip, with subject, label,
 augmentation method and split part (thesis 3.2.3-3.2.4).
 """
 from __future__ import annotations
@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from ..config import params_hash
-from ..engine import Context, Item, ItemOutput, Stage, done_records
-from ..errors import ArtifactError
-from ..featurestore import FeatureStoreWriter, Row
-from ..identity import BASELINE_FRAMES, onset_baseline
+from ..core.config import params_hash
+from ..core.engine import Context, Item, ItemOutput, Stage, done_records
+from ..core.errors import ArtifactError
+from ..core.workspace import atomic_path, read_json, read_text
+from ..features.featurestore import FeatureStoreWriter, Row
+from ..features.identity import BASELINE_FRAMES, onset_baseline
 from ..vision.clipio import iter_clip
-from ..workspace import atomic_path, read_json, read_text
 from .augment import kept_frames
 from .split import load_splits
 
@@ -30,7 +30,7 @@ _EXTRACTORS: dict[str, object] = {}
 
 def feature_extractor(params: dict, color: bool):
     """One extractor per process and parameter set (loading a backbone takes seconds)."""
-    from ..backbones import build_feature_extractor
+    from ..features.backbones import build_feature_extractor
 
     key = params_hash([params["backbone"], params["layer"], params["weights"], color])
     if key not in _EXTRACTORS:
@@ -123,7 +123,7 @@ class ExtractStage(Stage):
         onset = islice(iter_clip(info["source_clip"], ctx.params["color"]), BASELINE_FRAMES)
         if not info["augment"]:
             return onset
-        from ..augment import augment_sequence, sequence_seed
+        from ..vision.augment import augment_sequence, sequence_seed
 
         seed = sequence_seed(ctx.params["seed"], info["source"], info["augment"])
         return augment_sequence(onset, info["augment"], seed)

@@ -18,10 +18,10 @@ import numpy as np
 import yaml
 from rich.console import Console
 
-from ..config import Config
-from ..engine import Context, Item, ItemOutput, Stage, done_records
-from ..versions import write_versions
-from ..workspace import atomic_path, atomic_write_json, atomic_write_text, read_json
+from ..core.config import Config
+from ..core.engine import Context, Item, ItemOutput, Stage, done_records
+from ..core.versions import write_versions
+from ..core.workspace import atomic_path, atomic_write_json, atomic_write_text, read_json
 from .cv_train import (
     CvTrainStage,
     TrainingData,
@@ -71,7 +71,7 @@ class FinalizeStage(Stage):
 
     def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
         """Train the final model on every fold (resumable like a fold) and predict test."""
-        from ..training import load_model, train_resumable
+        from ..learning.training import load_model, train_resumable
 
         params, fin = ctx.params["train"], ctx.params["finalize"]
         done = done_records(records)

@@ -17,10 +17,10 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from ..config import Config
-from ..engine import Context, Item, ItemOutput, Stage, done_records
-from ..errors import ConfigError, MissingUpstreamError
-from ..workspace import read_json, write_csv
+from ..core.config import Config
+from ..core.engine import Context, Item, ItemOutput, Stage, done_records
+from ..core.errors import ConfigError, MissingUpstreamError
+from ..core.workspace import read_json, write_csv
 
 METHODS = ("average", "weighted", "max")
 
@@ -98,7 +98,11 @@ class FuseStage(Stage):
                      {"runs": list(c)}) for c in combos]
 
     def process_item(self, ctx: Context, item: Item) -> ItemOutput:
-        from ..evaluation import load_probabilities, save_probabilities, unweighted_average_recall
+        from ..learning.evaluation import (
+            load_probabilities,
+            save_probabilities,
+            unweighted_average_recall,
+        )
 
         runs = item.payload["runs"]
         classes = read_json(ctx.workdir / "index" / "classes.json", "classes.json")

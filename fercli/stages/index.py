@@ -31,10 +31,17 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..config import DEFAULT_SYNONYMS, Config
-from ..engine import Context, Item, ItemOutput, Stage, done_records
-from ..errors import ConfigError, InputError, ItemError
-from ..media import (
+from ..core.config import DEFAULT_SYNONYMS, Config
+from ..core.engine import Context, Item, ItemOutput, Stage, done_records
+from ..core.errors import ConfigError, InputError, ItemError
+from ..core.workspace import (
+    StageDir,
+    atomic_write_json,
+    atomic_write_text,
+    check_item_id,
+    write_csv,
+)
+from ..vision.media import (
     FRAME_LIST_SUFFIX,
     IMAGE_EXTENSIONS,
     check_frame_numbers,
@@ -42,7 +49,6 @@ from ..media import (
     printable,
     probe,
 )
-from ..workspace import StageDir, atomic_write_json, atomic_write_text, check_item_id, write_csv
 
 # Relative-path patterns per preset; the first that matches wins. A grouped sequence is
 # matched as `<folder>/<sequence>`, a still as its file's relative path.
@@ -522,7 +528,7 @@ class IndexStage(Stage):
         return target
 
     def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
-        from ..plots import plot_lengths
+        from ..reporting.plots import plot_lengths
 
         done = done_records(records)
         rows = [{"item_id": r["id"], **{k: r["info"][k] for k in INDEX_COLUMNS[1:]}}

@@ -23,10 +23,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ..config import Config, params_hash
-from ..engine import Context, Item, ItemOutput, Stage
-from ..errors import ConfigError, InputError
-from ..workspace import atomic_write_json, atomic_write_text, read_text
+from ..core.config import Config, params_hash
+from ..core.engine import Context, Item, ItemOutput, Stage
+from ..core.errors import ConfigError, InputError
+from ..core.workspace import atomic_write_json, atomic_write_text, read_text
 
 _RANGE = re.compile(r"^([A-Za-z_]*)(\d+)-\1?(\d+)$")
 
@@ -210,7 +210,7 @@ class SplitStage(Stage):
         return ItemOutput([splits_json, split_csv], info=splits["counts"])
 
     def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
-        from ..workspace import read_json
+        from ..core.workspace import read_json
 
         splits = read_json(ctx.stage.path("splits.json"), "splits.json")
         table = Table(title="split: subjects and items per part")
@@ -244,7 +244,7 @@ def _subjects_text(subjects: list[str]) -> str:
 
 def load_splits(workdir: Path) -> dict:
     """splits.json for later stages, with the usual remedy when it is missing."""
-    from ..workspace import read_json
+    from ..core.workspace import read_json
 
     path = workdir / "split" / "splits.json"
     if not path.is_file():

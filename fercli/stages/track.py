@@ -16,13 +16,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ..engine import Context, Item, ItemOutput, Stage
-from ..errors import ItemError
-from ..media import iter_frames
+from ..core.engine import Context, Item, ItemOutput, Stage
+from ..core.errors import ItemError
+from ..core.workspace import atomic_write_text
 from ..vision.clipio import CODECS, ClipWriter, write_boxes_csv
 from ..vision.detect import Box, Detection
+from ..vision.media import iter_frames
 from ..vision.track import compare_trackers, full_frames, track_faces
-from ..workspace import atomic_write_text
 from .detect import detector_from_params
 
 CLIP_SUFFIX = {name: codec.suffix for name, codec in CODECS.items()}

@@ -20,9 +20,10 @@ from typing import get_args
 import numpy as np
 from rich.console import Console
 
-from ..config import Config
-from ..engine import Context, Item, ItemOutput, Stage, done_records
-from ..errors import ConfigError, InputError, ItemError
+from ..core.config import Config
+from ..core.engine import Context, Item, ItemOutput, Stage, done_records
+from ..core.errors import ConfigError, InputError, ItemError
+from ..core.workspace import atomic_write_text, write_csv
 from ..vision.clipio import iter_clip
 from ..vision.trim import (
     TrimResult,
@@ -33,7 +34,6 @@ from ..vision.trim import (
     openface_scores,
     trim_clip,
 )
-from ..workspace import atomic_write_text, write_csv
 
 
 def _resolved(config: Config, key: str) -> Path | None:
@@ -130,7 +130,7 @@ class TrimStage(Stage):
         return scores[first:first + n]
 
     def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
-        from ..plots import plot_lengths_before_after, plot_score_curve
+        from ..reporting.plots import plot_lengths_before_after, plot_score_curve
 
         done = done_records(records)
         columns = ["item_id", "status", "shape", "n_frames", "first", "last", "n_kept"]

@@ -35,8 +35,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fercli.errors import ArtifactError, ConfigError, FerError
-from fercli.workspace import atomic_write_text, disk_full
+from fercli.core.errors import ArtifactError, ConfigError, FerError
+from fercli.core.workspace import atomic_write_text, disk_full
 
 BOX_COLUMNS = ("frame", "x", "y", "w", "h", "source")
 BITEXACT = {"fflags": "+bitexact"}  # muxer: no random UID, no library version in the file

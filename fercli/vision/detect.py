@@ -14,7 +14,7 @@ from typing import NamedTuple, Protocol
 import cv2
 import numpy as np
 
-from fercli.errors import ConfigError, ItemError
+from fercli.core.errors import ConfigError, ItemError
 
 YUNET_SOURCE = (
     "the OpenCV model zoo, models/face_detection_yunet "

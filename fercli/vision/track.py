@@ -15,7 +15,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from fercli.errors import ConfigError, ItemError
+from fercli.core.errors import ConfigError, ItemError
 from fercli.vision.detect import Box, Detection, FaceDetector, detect_first_face, extend_box
 
 # Registry name -> OpenCV class suffix. The main cv2 namespace is used where it has the

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import yaml
 
-from fercli.errors import ConfigError, ItemError
+from fercli.core.errors import ConfigError, ItemError
 
 TrimStatus = Literal["trimmed", "anomaly", "flat", "override", "still", "short"]
 TrimShape = Literal["onset-apex-offset", "onset-apex"]

@@ -17,8 +17,8 @@ import hashlib
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import params_hash
-from .workspace import StageLock, atomic_write_json, file_sha256
+from ..core.config import params_hash
+from ..core.workspace import StageLock, atomic_write_json, file_sha256
 
 RETRIED_STATUSES = ("unreadable",)  # may be repaired (copied again, permission fixed)
 
@@ -55,7 +55,7 @@ class PredictRecords:
 
     def read(self, name: str, video: Path) -> dict | None:
         """The record of this video with unchanged inputs, else None."""
-        from .workspace import read_json
+        from ..core.workspace import read_json
 
         path = self.path(name)
         if not path.is_file():

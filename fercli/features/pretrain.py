@@ -37,7 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from fercli.backbones import (
+from fercli.core.config import DEFAULT_SYNONYMS, THESIS_CLASSES
+from fercli.core.errors import ConfigError, InputError
+from fercli.core.workspace import atomic_path, atomic_write_json, read_json, write_csv
+from fercli.features.backbones import (
     FER2013_LABELS,
     BackboneSpec,
     build_backbone_model,
@@ -46,10 +49,7 @@ from fercli.backbones import (
     training_base,
     unfreeze_last_blocks,
 )
-from fercli.config import DEFAULT_SYNONYMS, THESIS_CLASSES
-from fercli.errors import ConfigError, InputError
-from fercli.plots import new_figure, save_figure
-from fercli.workspace import atomic_path, atomic_write_json, read_json, write_csv
+from fercli.reporting.plots import new_figure, save_figure
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # tf.io.decode_image reads PNG, JPEG, BMP and GIF; TIFF (JAFFE ships .tiff) goes through OpenCV.

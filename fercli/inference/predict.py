@@ -29,7 +29,7 @@ Two ways to read a video:
 
 Feature models get per-frame features from the run's backbone in batches, rounded through
 ``extract.dtype`` as the feature store held them; clip models get the face resized and
-scaled exactly as ``fercli.datasets.load_clip`` and ``clip_dataset`` do.
+scaled exactly as ``fercli.learning.datasets.load_clip`` and ``clip_dataset`` do.
 """
 from __future__ import annotations
 
@@ -46,16 +46,16 @@ import cv2
 import numpy as np
 import yaml
 
-from .errors import ArtifactError, ConfigError, InputError, ItemError
-from .identity import BASELINE_FRAMES
-from .media import is_sequence_dir, iter_frames, sequence_frames
-from .predict_records import PredictRecords, run_fingerprint, shard_of
-from .stages.detect import detector_from_params
-from .stages.fuse import METHODS, fuse_scores
-from .vision.detect import Box, FaceDetector, extend_box
-from .vision.track import BoxSmoother, FaceTracker, crop_face
-from .vision.trim import motion_scores, trim_clip
-from .workspace import atomic_write_json, read_json, write_csv
+from ..core.errors import ArtifactError, ConfigError, InputError, ItemError
+from ..core.workspace import atomic_write_json, read_json, write_csv
+from ..features.identity import BASELINE_FRAMES
+from ..stages.detect import detector_from_params
+from ..stages.fuse import METHODS, fuse_scores
+from ..vision.detect import Box, FaceDetector, extend_box
+from ..vision.media import is_sequence_dir, iter_frames, sequence_frames
+from ..vision.track import BoxSmoother, FaceTracker, crop_face
+from ..vision.trim import motion_scores, trim_clip
+from .records import PredictRecords, run_fingerprint, shard_of
 
 DEFAULT_VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov")
 PREDICT_BATCH = 16  # sequences per forward pass (windows of hours of video stream through)
@@ -174,7 +174,7 @@ def run_config(run_dir: Path) -> dict:
 
 def load_run(run_dir: Path) -> FinalizedRun:
     """Read a finalized run folder: model.keras, model.json, config.yaml, classes.json."""
-    from .training import load_model
+    from ..learning.training import load_model
 
     run_dir = Path(run_dir)
     config = run_config(run_dir)
@@ -220,7 +220,7 @@ class FeatureEncoder:
     """Face crops -> per-frame backbone features, as `fer extract` stored them."""
 
     def __init__(self, run: FinalizedRun):
-        from .backbones import build_feature_extractor, is_model_file
+        from ..features.backbones import build_feature_extractor, is_model_file
 
         extract = run.info["backbone"]
         backbone = str(extract["backbone"])
@@ -276,10 +276,10 @@ def baseline_key(key: tuple) -> tuple:
 
 
 def with_baseline(codes: dict, onset: dict) -> dict:
-    """``codes`` plus each feature encoder's baseline (fercli.identity) from ``onset``, the
+    """``codes`` plus each feature encoder's baseline (fercli.features.identity) from ``onset``, the
     codes of the video's first face frames: the rule extract applies to a clip's first frames.
     Clip encoders' codes are face crops, which no run normalises: they get no baseline."""
-    from .identity import onset_baseline
+    from ..features.identity import onset_baseline
 
     return {**codes, **{baseline_key(key): onset_baseline(value)
                         for key, value in onset.items()
@@ -867,7 +867,7 @@ def _probability_cells(result: dict, key: str, names: Sequence[str]) -> list:
 
 def write_outputs(folder: Path, result: dict, predictor: Predictor) -> list[Path]:
     """prediction.json/.csv, and in window mode timeline.csv/.png, distribution.csv/.png."""
-    from .plots import plot_prediction_distribution, plot_prediction_timeline
+    from ..reporting.plots import plot_prediction_distribution, plot_prediction_timeline
 
     classes = predictor.classes
     mapped = [g for g, _ in predictor.groups] if predictor.groups else []

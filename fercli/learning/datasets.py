@@ -1,4 +1,4 @@
-"""tf.data input pipelines for the models in `fercli.models`, the row selection per fold,
+"""tf.data input pipelines for the models in `fercli.learning.models`, the row selection per fold,
 and the device set-up (strategy, mixed precision).
 
 Both pipelines stream: one sequence is read when the model needs it, so a dataset larger
@@ -21,9 +21,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .errors import ArtifactError, ConfigError, InputError
-from .featurestore import FeatureStore
-from .vision.clipio import iter_clip
+from ..core.errors import ArtifactError, ConfigError, InputError
+from ..features.featurestore import FeatureStore
+from ..vision.clipio import iter_clip
 
 STRATEGIES = ("auto", "default", "mirrored")
 
@@ -111,16 +111,16 @@ def load_clip(path: str | Path, first: int, last: int, max_frames: int,
 
 
 def _online_augmenter(online_augment):
-    """``clip, seed -> clip`` for clips in [0, 1]; fercli.augment is imported only here.
+    """``clip, seed -> clip`` for clips in [0, 1]; fercli.vision.augment is imported only here.
 
     ``True`` takes the thesis's ranges (``OnlineAugment()``); an ``OnlineAugment`` built
     from the configuration is used as it is.
     """
     if online_augment is True:
         try:
-            from .augment import OnlineAugment
+            from ..vision.augment import OnlineAugment
         except ImportError as exc:
-            raise ConfigError("online augmentation needs fercli.augment.OnlineAugment, "
+            raise ConfigError("online augmentation needs fercli.vision.augment.OnlineAugment, "
                               f"which this installation lacks ({exc})",
                               hint="Turn online augmentation off or update fercli.") from None
         online_augment = OnlineAugment()
@@ -136,7 +136,7 @@ def clip_dataset(clips: Sequence[tuple[str | Path, int, int, int]], n_classes: i
     ``clips`` holds (path, first, last, label_index) with the kept frame range of each
     trimmed clip. Clips are decoded in parallel (OpenCV releases the GIL), in a
     deterministic order. With ``online_augment`` (True for the thesis's ranges, or a
-    `fercli.augment.OnlineAugment`) every sequence is transformed with one set of random
+    `fercli.vision.augment.OnlineAugment`) every sequence is transformed with one set of random
     parameters for all its frames (thesis 3.2.5), drawn from a seed unique to the element
     and the epoch; padded frames stay zero.
     """

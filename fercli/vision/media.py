@@ -23,7 +23,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from .errors import ItemError, access_error
+from ..core.errors import ItemError, access_error
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 FRAME_LIST_SUFFIX = ".frames"

@@ -24,9 +24,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from .config import Config, params_hash
-from .errors import ConfigError
-from .workspace import atomic_write_text, file_sha256, write_csv
+from ..core.config import Config, params_hash
+from ..core.errors import ConfigError
+from ..core.workspace import atomic_write_text, file_sha256, write_csv
 
 TRAIN_KEYS = ("learning_rate", "batch_size")
 
@@ -48,8 +48,8 @@ def declare(hp, name: str, spec):
 def run_tune(config: Config, console: Console) -> dict:
     import keras_tuner as kt
 
-    from .stages.cv_train import TrainingData, train_params
-    from .stages.split import load_splits
+    from ..stages.cv_train import TrainingData, train_params
+    from ..stages.split import load_splits
     from .training import honest_cv, mean_curve, train_resumable
 
     params = train_params(config)
@@ -60,7 +60,7 @@ def run_tune(config: Config, console: Console) -> dict:
                           "max: 0.7}}'")
     extract = config.workdir / "extract" / "features.h5"
     if params["model"] in ("pooled", "lstm", "bilstm", "cnn1d") and not extract.is_file():
-        from .errors import MissingUpstreamError
+        from ..core.errors import MissingUpstreamError
 
         raise MissingUpstreamError("feature store is missing", path=extract,
                                    hint="Run `fer extract` first")
@@ -90,7 +90,7 @@ def run_tune(config: Config, console: Console) -> dict:
                             "model_params": {**params["model_params"],
                                              **{k: v for k, v in values.items()
                                                 if k not in TRAIN_KEYS}}}
-            from .stages.cv_train import build_fn
+            from ..stages.cv_train import build_fn
 
             histories = []
             for fold in range(data.n_folds):

@@ -51,9 +51,9 @@ MAX_YAML_DEPTH = 20
 # Names other modules own, repeated here so the schema (and the README) can list them
 # without importing OpenCV or Keras; tests/test_config.py keeps them equal.
 AUGMENT_METHODS = ("flip", "blur", "bright50", "bright20", "contrast2", "contrast17", "rot8",
-                   "rot-8", "saltpepper", "histeq", "gray")  # fercli.augment.OFFLINE_METHODS
+                   "rot-8", "saltpepper", "histeq", "gray")  # fercli.vision.augment.OFFLINE_METHODS
 FUSION_METHODS = ("average", "weighted", "max")  # fercli.stages.fuse.METHODS
-FEATURE_MODELS = ("pooled", "lstm", "bilstm", "cnn1d")  # fercli.models.FEATURE_MODELS
+FEATURE_MODELS = ("pooled", "lstm", "bilstm", "cnn1d")  # fercli.learning.models.FEATURE_MODELS
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding takes 0 .. 2**32-1
 
 
@@ -175,7 +175,7 @@ def _scalars(name: str, values: list) -> None:
 
 
 def _model_params(name: str, value: dict) -> None:
-    """Numbers, strings, booleans or flat lists of them; fercli.models.resolve_params
+    """Numbers, strings, booleans or flat lists of them; fercli.learning.models.resolve_params
     checks each against its model (it needs Keras, too slow to import for every command)."""
     for key, v in value.items():
         _scalars(f"{name}.{key}", v if isinstance(v, list) else [v])

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ArtifactError, InputError
-from .workspace import atomic_write_json, read_text, write_csv
+from ..core.errors import ArtifactError, InputError
+from ..core.workspace import atomic_write_json, read_text, write_csv
 
 ID_COLUMNS = ("name", "item", "subject", "label", "pred")
 # Stored scores are rounded (6 decimals) float32 softmax outputs; a row whose sum is
@@ -239,7 +239,7 @@ def error_table(p: Probabilities, classes: Sequence[str]) -> list[dict[str, Any]
 def write_evaluation(result: Mapping[str, Any], classes: Sequence[str], out_dir: str | Path,
                      title: str) -> list[Path]:
     """metrics.json, the tables as CSV and the figures, each written atomically."""
-    from .plots import plot_confidence, plot_confusion, plot_subject_accuracy
+    from ..reporting.plots import plot_confidence, plot_confusion, plot_subject_accuracy
 
     out = Path(out_dir)
     atomic_write_json(out / "metrics.json", result)
@@ -458,7 +458,7 @@ def write_human_evaluation(result: Mapping[str, Any], classes: Sequence[str],
                            out_dir: str | Path, title: str) -> list[Path]:
     """human.json, per-class and per-annotator CSVs, the Figure 3.25 box plot and the
     model-vs-human bar chart, each written atomically."""
-    from .plots import plot_human_boxes, plot_model_vs_human
+    from ..reporting.plots import plot_human_boxes, plot_model_vs_human
 
     out = Path(out_dir)
     atomic_write_json(out / "human.json", result)

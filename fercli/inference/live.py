@@ -7,7 +7,7 @@ last ``window`` seconds form the sequence the classifier reads, every ``stride``
 
 - a window with a face in fewer than half its frames gets no prediction (the rule of
   `fer predict --window`); its most recent ``max_frames`` faces are used when it holds more;
-- a run with identity normalisation (fercli.identity) also reads the neutral onset: the
+- a run with identity normalisation (fercli.features.identity) also reads the neutral onset: the
   first ``identity.BASELINE_FRAMES`` face crops of the source are kept for the whole run
   (`fer predict`'s rule: the video's first face frames; fewer until that many were seen);
 - the classifier is an exported graph of `fer export` (TFLite preferred: the run's export
@@ -31,10 +31,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import ConfigError, FerError, InputError
+from ..core.errors import ConfigError, FerError, InputError
+from ..core.workspace import atomic_path, file_sha256, read_json
+from ..features.identity import BASELINE_FRAMES
 from .export import ExportedModel, KerasPipeline, default_out_dir, pad_clip, pad_onset, resolve_run
-from .identity import BASELINE_FRAMES
-from .workspace import atomic_path, file_sha256, read_json
 
 # Exported files in order of preference: TFLite float32 keeps the Keras scores, then the
 # smaller TFLite variants, then the SavedModel.
@@ -211,8 +211,8 @@ def run_live(source: str, classifier: Classifier, window: float = 2.0, stride: f
 
     ``say`` receives each output line (probabilities, notes, the final report).
     """
+    from ..stages.detect import detector_from_params
     from .predict import FaceSampler
-    from .stages.detect import detector_from_params
 
     if window <= 0 or stride <= 0:
         raise ConfigError("--window and --stride must be positive seconds")

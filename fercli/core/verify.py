@@ -1,7 +1,7 @@
 """`fer verify`: re-hash every file the manifests record; `--repair` makes the damage redoable.
 
 Each manifest lists the stage's outputs and every item's outputs with size and SHA-256
-(fercli.workspace.file_entry). A file that is gone, has another size (truncated, or grown)
+(fercli.core.workspace.file_entry). A file that is gone, has another size (truncated, or grown)
 or another hash (altered) no longer is what later stages consumed. Repair never edits an
 artifact: it deletes the damaged files, the records of the items that wrote them and the
 stage manifest, under the stage lock, so the next `fer run` redoes exactly those items and

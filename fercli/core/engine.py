@@ -37,7 +37,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from . import __version__
+from .. import __version__
 from .config import Config, params_hash
 from .errors import (
     ArtifactError,

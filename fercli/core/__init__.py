@@ -1,0 +1,1 @@
+"""Infrastructure: configuration, errors, the work directory, the stage engine."""

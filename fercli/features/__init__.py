@@ -1,0 +1,1 @@
+"""Per-frame features: backbones, their weights, the feature store."""

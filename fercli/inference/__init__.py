@@ -1,0 +1,1 @@
+"""Using finalized runs: their folders, prediction, export, live."""

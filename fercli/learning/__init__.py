@@ -1,0 +1,1 @@
+"""Models, training, datasets, tuning and metrics."""
