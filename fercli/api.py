@@ -10,6 +10,7 @@ from typing import Callable
 
 from rich.console import Console
 
+from .core import layout
 from .core.config import Config, load_config
 from .core.engine import StageResult, stage_states
 from .core.engine import run_stage as _run_stage
@@ -51,7 +52,7 @@ def run_pipeline(config: Config, until: str | None = None, workers: int | None =
             return results
     from .reporting.report import write_report
 
-    html_path, _, n_images = write_report(config.workdir, config.workdir / "report")
+    html_path, _, n_images = write_report(config.workdir, layout.report_dir(config.workdir))
     (console or Console(stderr=True)).print(f"report: {html_path} ({n_images} figures)")
     return results
 

@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__, tfenv
+from . import __version__
+from .core import layout, tfenv
 from .core.config import DEFAULT_CONFIG_FILE, defaults, load_config, reference_markdown
 from .core.engine import (
     STOP_SIGNALS,
@@ -257,18 +258,11 @@ def predict(inputs: List[Path] = typer.Argument(..., help="Videos, frame-sequenc
     recorded (out/records): a killed or re-submitted job redoes none of them.
     """
     from .inference.predict import parse_label_map, predict_videos
-    from .stages.fuse import finalized_runs
+    from .inference.runs import resolve_run
 
     cfg = load_config(config, set_)
-    runs_root = cfg.workdir / "finalize" / "runs"
-    if not run:
-        available = finalized_runs(cfg.workdir)
-        if not available:
-            raise MissingUpstreamError("no finalized run", path=runs_root,
-                                       hint="Run `fer finalize` first, or pass --run FOLDER")
-        run = [max(available, key=lambda r: (runs_root / r / "model.json").stat().st_mtime)]
-    run_dirs = [Path(r) if Path(r).is_dir() else runs_root / r for r in run]
-    rows = predict_videos(list(inputs), run_dirs, out_dir or cfg.workdir / "predict",
+    run_dirs = [resolve_run(r, cfg.workdir) for r in run or [None]]
+    rows = predict_videos(list(inputs), run_dirs, out_dir or layout.predict_dir(cfg.workdir),
                           fusion_method=fusion, window=window, stride=stride, every=every,
                           label_map=parse_label_map(label_map) if label_map else None,
                           shard=parse_shard(shard), console=console)
@@ -490,7 +484,8 @@ def export(run: Optional[str] = typer.Argument(None, help="Finalized run: name u
     the Keras pipeline on the test clips (agreement, accuracy) and timed per clip; the
     figures go to export.json and export.md.
     """
-    from .inference.export import TABLE_COLUMNS, export_run, resolve_run, table_rows
+    from .inference.export import TABLE_COLUMNS, export_run, table_rows
+    from .inference.runs import resolve_run
 
     cfg = load_config(config, set_)
     summary = export_run(resolve_run(run, cfg.workdir), out_dir, formats, quantize, check,

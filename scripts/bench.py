@@ -392,7 +392,8 @@ def tiny_run(bench: Bench) -> Path:
 
 def section_export(bench: Bench) -> None:
     """Exported files (thesis 4.2): size, ms per clip, agreement with the Keras pipeline."""
-    from fercli.inference.export import TABLE_COLUMNS, export_run, resolve_run, table_rows
+    from fercli.inference.export import TABLE_COLUMNS, export_run, table_rows
+    from fercli.inference.runs import resolve_run
 
     if any(DEMO_RUNS.glob("*/model.json")):
         run_dir, source = resolve_run(None, DEMO_RUNS.parents[1]), "demo-work"

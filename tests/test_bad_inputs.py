@@ -18,8 +18,8 @@ import pytest
 
 from fercli.core.config import load_config
 from fercli.core.engine import context_for, run_stage
+from fercli.learning.experiment import run_name, train_params
 from fercli.stages import PIPELINE
-from fercli.stages.cv_train import run_name, train_params
 
 DATA = Path(__file__).resolve().parent / "data"
 _spec = importlib.util.spec_from_file_location("make_bad", DATA / "make_bad.py")
@@ -242,7 +242,7 @@ def test_truncated_feature_store_stops_training_before_any_fold(fer, work):
 def test_damaged_checkpoint_fails_its_fold_alone(fer, work):
     cfg = load_config(None, [f"workdir={work}", *make_bad.SMALL_PIPELINE])
     ctx = context_for(PIPELINE["cv-train"], cfg, PIPELINE)
-    fold = work / "cv-train/runs" / run_name(ctx, train_params(cfg)) / "fold-0"
+    fold = work / "cv-train/runs" / run_name(cfg, train_params(cfg), ctx.upstream_hashes) / "fold-0"
     fold.mkdir(parents=True)  # a run killed after epoch 1 whose checkpoint got damaged
     checkpoint = fold / "latest-e0001.keras"
     checkpoint.write_bytes(b"PK\x03\x04 not a whole zip file")

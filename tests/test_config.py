@@ -6,7 +6,6 @@ import pytest
 
 from fercli.core.config import (
     AUGMENT_METHODS,
-    FEATURE_MODELS,
     FUSION_METHODS,
     GLOBAL_SCHEMA,
     MAX_YAML_BYTES,
@@ -272,10 +271,8 @@ def test_shipped_configs_pass_every_rule():
 
 
 def test_names_repeated_from_other_modules_match_them():
-    from fercli.learning.models import FEATURE_MODELS as MODELS
-    from fercli.stages.fuse import METHODS
+    from fercli.learning.fusion import METHODS
     from fercli.vision.augment import OFFLINE_METHODS
 
     assert AUGMENT_METHODS == tuple(OFFLINE_METHODS)
     assert FUSION_METHODS == METHODS
-    assert set(FEATURE_MODELS) == MODELS

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import yaml
+import support
 
 from fercli.core.config import load_config
 from fercli.core.engine import run_stage
@@ -33,24 +33,11 @@ SETTINGS = [f"index.root={ROOT / 'sample_data'}",
 def make_run(workdir: Path, name: str, model_name: str, params: dict, input_shape: tuple,
              clip_size: int | None = None) -> Path:
     """A run folder as `fer finalize` writes it, around an untrained, decisive model."""
-    from fercli.learning.models import build_model
-
     config = load_config(None, [f"workdir={workdir}", *SETTINGS])
     classes = json.loads((workdir / "index/classes.json").read_text())
-    model = build_model(model_name, params, input_shape, len(classes))
-    head = model.get_layer("probabilities")
-    head.set_weights([w * 8.0 for w in head.get_weights()])
-    run_dir = workdir / "finalize" / "runs" / name
-    run_dir.mkdir(parents=True)
-    model.save(run_dir / "model.keras")
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.data, sort_keys=False))
-    backbone = None if clip_size else {**config["extract"]}
-    (run_dir / "model.json").write_text(json.dumps({
-        "run": name, "model": model_name, "classes": classes, "input_shape": list(input_shape),
-        "backbone": backbone, "clip_size": clip_size, "color": True,
-        "max_frames": MAX_FRAMES}))
-    (run_dir / "classes.json").write_text(json.dumps(classes))
-    return run_dir
+    return support.make_run(workdir, name, model_name, params, input_shape,
+                            config=config.data, classes=classes, clip_size=clip_size,
+                            decisive=True)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +95,7 @@ def test_exported_files_run_without_fercli_models(runs, feature_export):
     import tensorflow as tf
 
     from fercli.inference.export import ExportedModel, KerasPipeline, pad_clip, run_clips
-    from fercli.inference.predict import load_run
+    from fercli.inference.runs import load_run
 
     run = load_run(runs["feature"])
     clip = run_clips(run, "test")[0]
@@ -179,7 +166,8 @@ def test_clip_preprocessing_equals_load_clip_resizing():
 
 
 def test_export_option_mistakes(runs):
-    from fercli.inference.export import plan_artifacts, resolve_run
+    from fercli.inference.export import plan_artifacts
+    from fercli.inference.runs import resolve_run
 
     assert plan_artifacts(None, None) == [("savedmodel", "none"), ("tflite", "none")]
     assert plan_artifacts(["tflite"], ["float16", "int8"]) == [("tflite", "float16"),
@@ -227,7 +215,8 @@ def test_extract_predict_and_export_take_one_onset_baseline(identity_run):
     from fercli.features.featurestore import FeatureStore
     from fercli.features.identity import BASELINE_FRAMES
     from fercli.inference.export import KerasPipeline, build_inference_model, pad_onset, run_clips
-    from fercli.inference.predict import baseline_key, load_run, with_baseline
+    from fercli.inference.predict import baseline_key, with_baseline
+    from fercli.inference.runs import load_run
 
     run = load_run(identity_run)
     assert run.info["identity"] is True
@@ -280,7 +269,7 @@ def test_identity_run_exports_with_an_onset_input_and_agrees(identity_run):
         pad_onset,
         run_clips,
     )
-    from fercli.inference.predict import load_run
+    from fercli.inference.runs import load_run
 
     summary = export_run(identity_run, None, ["savedmodel", "tflite"], ["none", "int8"])
     assert summary["input"] == {"clip": [MAX_FRAMES, 64, 64, 3], "dtype": "uint8",

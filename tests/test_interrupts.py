@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_kill_anywhere import live_group_members
+from support import live_group_members
 
 from fercli.api import load_config, run_pipeline
 

@@ -33,7 +33,6 @@ Cost: about 6 minutes on 2 cores.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
@@ -52,6 +51,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import support
+from support import kill_group, live_group_members
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path("/proc/self/stat").exists(),
@@ -59,14 +60,8 @@ pytestmark = [pytest.mark.slow,
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, PATIENCE = 4, 2
-SETTINGS = [  # as tests/test_pipeline.py, with one more epoch to kill in
-    f"index.root={ROOT / 'sample_data'}", "index.exclude_subjects=[F003, F004, M004]",
-    "split.folds=2", "split.test_fraction=0.2", "track.size=64",
-    "augment.methods=[flip]", "extract.backbone=small-cnn", "extract.max_frames=40",
-    f"train.epochs={EPOCHS}", "train.batch_size=8", "train.tensorboard=false",
-    "train.model=cnn1d", "train.model_params={filters: [8, 8, 16, 16], dense_units: [16]}",
-    f"finalize.max_epochs={EPOCHS}", f"finalize.patience={PATIENCE}", "finalize.lr_patience=1",
-]
+SETTINGS = [*support.small_pipeline(EPOCHS, PATIENCE),  # one more epoch to kill in
+            f"finalize.max_epochs={EPOCHS}"]
 DETERMINISTIC = ["index", "split", "detect", "track", "trim", "augment", "extract"]
 TRAINING = ["cv-train", "finalize"]
 KILL_TABLE = Path(os.environ.get("FER_KILL_TABLE",
@@ -85,24 +80,6 @@ def start(stage: str, workdir: Path, log: Path) -> subprocess.Popen:
     with open(log, "wb") as handle:
         return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=handle,
                                 start_new_session=True)
-
-
-def live_group_members(pgid: int) -> list[int]:
-    """Pids of the process group that still run (zombies left out)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] not in "ZX":
-            members.append(int(stat.parent.name))
-    return members
-
-
-def kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
 
 
 def wait_orphans_gone(pgid: int, timeout: float) -> None:

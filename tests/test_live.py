@@ -7,7 +7,6 @@ Haar cascade finds.
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import yaml
+import support
 
 from fercli.core.config import defaults
 from fercli.core.errors import ConfigError, InputError
@@ -34,28 +33,18 @@ def make_run(workdir: Path, name: str, identity: bool = False) -> Path:
     """A finalized run folder around an untrained LSTM on small-cnn features, or with
     ``identity`` an untrained pooled model with identity normalisation (baseline input)."""
     from fercli.features.backbones import build_feature_extractor
-    from fercli.learning.models import build_model
 
     dim = build_feature_extractor("small-cnn", weights=None).feature_dim
-    run_dir = workdir / "finalize" / "runs" / name
-    run_dir.mkdir(parents=True)
-    model_name = "pooled" if identity else "lstm"
     if identity:  # fixed weights: the onset's effect on the scores is the same every run
         import keras
 
         keras.utils.set_random_seed(3)
-    build_model(model_name, {} if identity else {"units": 8}, (MAX_FRAMES, dim),
-                len(CLASSES), baseline=identity).save(run_dir / "model.keras")
     config = defaults()
     config["track"]["size"] = 64
     config["extract"].update(backbone="small-cnn", weights=None, max_frames=MAX_FRAMES)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (run_dir / "model.json").write_text(json.dumps({
-        "run": name, "model": model_name, "classes": CLASSES,
-        "input_shape": [MAX_FRAMES, dim], "backbone": config["extract"], "clip_size": None,
-        "color": True, "max_frames": MAX_FRAMES, "identity": identity}))
-    (run_dir / "classes.json").write_text(json.dumps(CLASSES))
-    return run_dir
+    return support.make_run(workdir, name, "pooled" if identity else "lstm",
+                            {} if identity else {"units": 8}, (MAX_FRAMES, dim),
+                            config=config, classes=CLASSES, identity=identity)
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +166,9 @@ def test_live_feeds_identity_runs_the_first_face_crops_as_onset(identity_run):
     from fercli.features.identity import BASELINE_FRAMES
     from fercli.inference.export import KerasPipeline
     from fercli.inference.live import keras_classifier, load_classifier, run_live
-    from fercli.inference.predict import FaceSampler, load_run
-    from fercli.stages.detect import detector_from_params
+    from fercli.inference.predict import FaceSampler
+    from fercli.inference.runs import load_run
+    from fercli.vision.detect import detector_from_params
 
     exported = load_classifier(identity_run.parents[2], identity_run.name)
     assert exported.kind == "tflite" and exported.needs_onset

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import support
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
 
 from fercli.core.config import load_config
@@ -24,14 +25,7 @@ from fercli.features.featurestore import FeatureStore
 from fercli.stages import PIPELINE
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = [
-    f"index.root={ROOT / 'sample_data'}", "index.exclude_subjects=[F003, F004, M004]",
-    "split.folds=2", "split.test_fraction=0.2", "track.size=64",
-    "augment.methods=[flip]", "extract.backbone=small-cnn", "extract.max_frames=40",
-    "train.epochs=3", "train.batch_size=8", "train.tensorboard=false",
-    "train.model=cnn1d", "train.model_params={filters: [8, 8, 16, 16], dense_units: [16]}",
-    "finalize.max_epochs=4", "finalize.patience=2", "finalize.lr_patience=1",
-]
+SETTINGS = support.small_pipeline(epochs=3)
 
 
 def config(workdir: Path, *extra: str):
@@ -218,7 +212,7 @@ def test_killed_fold_resumes_at_the_next_epoch(work, tmp_path):
 
 def test_fuse_and_evaluate_match_sklearn(work):
     from fercli.learning.evaluation import load_probabilities
-    from fercli.stages.fuse import fuse_scores
+    from fercli.learning.fusion import fuse_scores
 
     cfg = config(work, "train.model=lstm", "train.model_params={units: 8}")
     run(cfg, "cv-train", "finalize", "fuse", "evaluate")

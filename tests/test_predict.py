@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import yaml
+import support
 
 from fercli.core.config import defaults
 from fercli.core.errors import ConfigError, InputError
@@ -60,22 +60,11 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float = 25) -> Path:
 def make_run(workdir: Path, name: str, model_name: str, params: dict, input_shape: tuple,
              clip_size: int | None = None) -> Path:
     """A run folder as `fer finalize` writes it, around an untrained model."""
-    from fercli.learning.models import build_model
-
-    run_dir = workdir / "finalize" / "runs" / name
-    run_dir.mkdir(parents=True)
-    build_model(model_name, params, input_shape, len(CLASSES)).save(run_dir / "model.keras")
     config = defaults()
     config["extract"].update(backbone="small-cnn", weights=None, batch_size=32,
                              max_frames=MAX_FRAMES)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    info = {"run": name, "model": model_name, "classes": CLASSES,
-            "input_shape": list(input_shape),
-            "backbone": None if clip_size else config["extract"], "clip_size": clip_size,
-            "color": True, "max_frames": MAX_FRAMES, "min_frames": 2}
-    (run_dir / "model.json").write_text(json.dumps(info))
-    (run_dir / "classes.json").write_text(json.dumps(CLASSES))
-    return run_dir
+    return support.make_run(workdir, name, model_name, params, input_shape, config=config,
+                            classes=CLASSES, clip_size=clip_size)
 
 
 @pytest.fixture(scope="module")

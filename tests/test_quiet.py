@@ -47,7 +47,8 @@ def test_start_up_chatter_is_dropped_and_everything_else_kept():
 
 PROBE = textwrap.dedent("""
     import multiprocessing, os, sys
-    from fercli import cli, tfenv
+    from fercli import cli
+    from fercli.core import tfenv
 
     def report():
         return (os.environ.get("TF_CPP_MIN_LOG_LEVEL"), os.environ.get("FERCLI_VERBOSE"),

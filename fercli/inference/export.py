@@ -56,7 +56,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..core.errors import ArtifactError, ConfigError, InputError, MissingUpstreamError
+from ..core import layout
+from ..core.errors import ArtifactError, ConfigError, InputError
 from ..core.workspace import (
     atomic_path,
     atomic_write_json,
@@ -79,31 +80,8 @@ def uses_onset(run) -> bool:
     return bool(run.info.get("identity")) and not run.is_clip
 
 
-def resolve_run(run: str | Path | None, workdir: Path) -> Path:
-    """A run folder from a name under <workdir>/finalize/runs, a folder, or None (newest)."""
-    runs_root = Path(workdir) / "finalize" / "runs"
-    if run is None:
-        available = sorted(runs_root.glob("*/model.json"), key=lambda p: p.stat().st_mtime)
-        if not available:
-            raise MissingUpstreamError("no finalized run", path=runs_root,
-                                       hint="Run `fer finalize` first, or pass a run folder")
-        return available[-1].parent
-    path = Path(run)
-    run_dir = path if path.is_dir() else runs_root / str(run)
-    if not (run_dir / "model.json").is_file():
-        known = ", ".join(sorted(p.parent.name for p in runs_root.glob("*/model.json")))
-        raise ConfigError(f"no finalized run {str(run)!r}",
-                          hint=f"Give a run folder or one of: {known or '(none yet)'}")
-    return run_dir
-
-
-def run_workdir(run_dir: Path) -> Path:
-    """<workdir>/finalize/runs/<run> -> <workdir>."""
-    return Path(run_dir).resolve().parents[2]
-
-
 def default_out_dir(run_dir: Path) -> Path:
-    return run_workdir(run_dir) / "export" / Path(run_dir).name
+    return layout.export_dir(layout.workdir_of_run(run_dir)) / Path(run_dir).name
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -510,12 +488,11 @@ def run_clips(run, part: str, limit: int | None = None) -> list[LabelledClip]:
     import io
     from itertools import islice
 
-    from ..stages.augment import kept_frames
-    from ..vision.clipio import iter_clip
+    from ..vision.clipio import iter_clip, kept_frames
 
-    workdir = run_workdir(run.path)
-    needed = [workdir / "split" / "splits.json", workdir / "trim" / "manifest.json",
-              workdir / "index" / "index.csv"]
+    workdir = layout.workdir_of_run(run.path)
+    needed = [layout.splits_json(workdir), layout.stage_dir(workdir, "trim") / "manifest.json",
+              layout.index_csv(workdir)]
     if not all(p.is_file() for p in needed):
         return []
     splits = read_json(needed[0], "splits.json")["items"]
@@ -672,7 +649,7 @@ def export_run(run_dir: Path, out_dir: Path | None = None,
     the run's test clips beside the Keras pipeline (agreement, accuracy, ms per clip).
     export.json keeps entries of earlier exports of the same model.keras.
     """
-    from .predict import load_run
+    from .runs import load_run
 
     pairs = plan_artifacts(formats, quantize)
     run = load_run(run_dir)

@@ -34,7 +34,8 @@ import numpy as np
 from ..core.errors import ConfigError, FerError, InputError
 from ..core.workspace import atomic_path, file_sha256, read_json
 from ..features.identity import BASELINE_FRAMES
-from .export import ExportedModel, KerasPipeline, default_out_dir, pad_clip, pad_onset, resolve_run
+from .export import ExportedModel, KerasPipeline, default_out_dir, pad_clip, pad_onset
+from .runs import resolve_run
 
 # Exported files in order of preference: TFLite float32 keeps the Keras scores, then the
 # smaller TFLite variants, then the SavedModel.
@@ -95,7 +96,7 @@ def exported_classifier(path: Path) -> Classifier:
 
 
 def keras_classifier(run_dir: Path) -> Classifier:
-    from .predict import load_run
+    from .runs import load_run
 
     run = load_run(run_dir)
     pipeline = KerasPipeline(run)
@@ -211,7 +212,7 @@ def run_live(source: str, classifier: Classifier, window: float = 2.0, stride: f
 
     ``say`` receives each output line (probabilities, notes, the final report).
     """
-    from ..stages.detect import detector_from_params
+    from ..vision.detect import detector_from_params
     from .predict import FaceSampler
 
     if window <= 0 or stride <= 0:

@@ -44,25 +44,24 @@ from typing import Any
 
 import cv2
 import numpy as np
-import yaml
 
-from ..core.errors import ArtifactError, ConfigError, InputError, ItemError
+from ..core import layout
+from ..core.errors import ConfigError, InputError, ItemError
 from ..core.workspace import atomic_write_json, read_json, write_csv
 from ..features.identity import BASELINE_FRAMES
-from ..stages.detect import detector_from_params
-from ..stages.fuse import METHODS, fuse_scores
-from ..vision.detect import Box, FaceDetector, extend_box
+from ..learning.fusion import METHODS, fuse_scores
+from ..vision.detect import Box, FaceDetector, detector_from_params, extend_box
 from ..vision.media import is_sequence_dir, iter_frames, sequence_frames
 from ..vision.track import BoxSmoother, FaceTracker, crop_face
 from ..vision.trim import motion_scores, trim_clip
 from .records import PredictRecords, run_fingerprint, shard_of
+from .runs import RUN_FILES, FinalizedRun, load_run, run_config
 
 DEFAULT_VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov")
 PREDICT_BATCH = 16  # sequences per forward pass (windows of hours of video stream through)
 TRIM_KEYS = ("min_frames_end", "threshold_ratio", "max_cut_ratio", "anomaly_last_frames")
 SUMMARY_COLUMNS = ["video", "status", "reason", "label", "confidence", "n_windows"]
 LIST_SUFFIXES = (".txt", ".list", ".lst")  # a file of video paths, one per line
-RUN_FILES = ("model.keras", "model.json", "config.yaml", "classes.json")
 
 
 # --------------------------------------------------------------------------- label map
@@ -116,79 +115,6 @@ def map_probabilities(probabilities: np.ndarray,
     return np.stack([probabilities[:, idx].sum(axis=1) for _, idx in groups], axis=1)
 
 
-# --------------------------------------------------------------------------- runs
-@dataclass
-class FinalizedRun:
-    """A `fer finalize` run folder loaded for inference."""
-
-    name: str
-    path: Path
-    info: dict  # model.json
-    config: dict  # the run's resolved config.yaml
-    classes: list[str]
-    model: Any
-    weight: float | None  # mean CV validation accuracy, for weighted fusion
-
-    @property
-    def is_clip(self) -> bool:
-        return self.info["backbone"] is None
-
-    @property
-    def max_frames(self) -> int:
-        return int(self.info["max_frames"])
-
-    @property
-    def min_frames(self) -> int:
-        """Frames of the shortest training item (runs finalized before it was recorded: 1)."""
-        return int(self.info.get("min_frames", 1))
-
-    def encoder_key(self) -> tuple:
-        """Runs with equal keys read identical per-frame inputs (computed once for all)."""
-        if self.is_clip:
-            return ("clip", int(self.info["clip_size"]), bool(self.info["color"]))
-        extract = self.info["backbone"]
-        return ("features", str(extract["backbone"]), extract.get("layer"),
-                extract.get("weights"), extract.get("dtype", "float32"),
-                bool(self.info["color"]))
-
-
-def run_config(run_dir: Path) -> dict:
-    """The saved config of a finalized run folder, after checking the folder is one."""
-    missing = [n for n in RUN_FILES if not (Path(run_dir) / n).is_file()]
-    if missing:
-        raise ConfigError(f"{run_dir} is not a finalized run folder (no {', '.join(missing)})",
-                          hint="Give a folder work/finalize/runs/<run> written by "
-                               "`fer finalize`")
-    path = Path(run_dir) / "config.yaml"
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError):
-        config = None
-    if not (isinstance(config, dict) and all(isinstance(config.get(section), dict) for section
-                                             in ("index", "detect", "track", "trim",
-                                                 "extract"))):
-        raise ArtifactError("the run's saved config is damaged (not a fer config)", path=path,
-                            hint="Restore it, or re-run `fer finalize --force`")
-    return config
-
-
-def load_run(run_dir: Path) -> FinalizedRun:
-    """Read a finalized run folder: model.keras, model.json, config.yaml, classes.json."""
-    from ..learning.training import load_model
-
-    run_dir = Path(run_dir)
-    config = run_config(run_dir)
-    info = read_json(run_dir / "model.json", "model.json")
-    classes = list(read_json(run_dir / "classes.json", "classes.json"))
-    # <workdir>/finalize/runs/<run> -> <workdir>/cv-train/runs/<run>/run.json
-    cv_json = run_dir.resolve().parent.parent.parent / "cv-train" / "runs" / run_dir.name \
-        / "run.json"
-    weight = (read_json(cv_json, "run.json").get("cv_accuracy")
-              if cv_json.is_file() else None)
-    return FinalizedRun(run_dir.name, run_dir, info, config, classes,
-                        load_model(run_dir / "model.keras"), weight)
-
-
 def preprocessing(config: dict) -> dict:
     """The config values that decide which face pixels a model is fed."""
     return {"detect": config["detect"],
@@ -227,7 +153,7 @@ class FeatureEncoder:
         if is_model_file(backbone) and not Path(backbone).expanduser().exists():
             # model.json keeps the config's text, relative to a config file it does not name;
             # `fer` runs beside its workdir by default, so try the workdir's parent
-            backbone = str(run.path.resolve().parent.parent.parent.parent / backbone)
+            backbone = str(layout.workdir_of_run(run.path).parent / backbone)
         self.batch_size = int(extract.get("batch_size") or 64)
         self.dtype = extract.get("dtype", "float32")
         self.extractor = build_feature_extractor(

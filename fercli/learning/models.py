@@ -27,10 +27,9 @@ import copy
 import keras
 from keras import layers, ops
 
+from ..core.config import CLIP_MODELS, FEATURE_MODELS
 from ..core.errors import ConfigError
 
-FEATURE_MODELS = frozenset({"pooled", "lstm", "bilstm", "cnn1d"})
-CLIP_MODELS = frozenset({"lrcn", "c3d", "convlstm"})
 ACTIVATIONS = ("relu", "leaky_relu")
 INITIALIZERS = ("glorot_uniform", "he_uniform", "he_normal")
 

@@ -24,6 +24,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from ..core import layout
 from ..core.config import Config, params_hash
 from ..core.errors import ConfigError
 from ..core.workspace import atomic_write_text, file_sha256, write_csv
@@ -48,8 +49,8 @@ def declare(hp, name: str, spec):
 def run_tune(config: Config, console: Console) -> dict:
     import keras_tuner as kt
 
-    from ..stages.cv_train import TrainingData, train_params
-    from ..stages.split import load_splits
+    from ..core.layout import load_splits
+    from .experiment import TrainingData, train_params
     from .training import honest_cv, mean_curve, train_resumable
 
     params = train_params(config)
@@ -58,7 +59,7 @@ def run_tune(config: Config, console: Console) -> dict:
         raise ConfigError("tune.space is empty", hint="Give the hyperparameters to search, "
                           "e.g. --set 'tune.space={units: [64, 128], dropout: {min: 0.1, "
                           "max: 0.7}}'")
-    extract = config.workdir / "extract" / "features.h5"
+    extract = layout.features_h5(config.workdir)
     if params["model"] in ("pooled", "lstm", "bilstm", "cnn1d") and not extract.is_file():
         from ..core.errors import MissingUpstreamError
 
@@ -70,7 +71,7 @@ def run_tune(config: Config, console: Console) -> dict:
     # one folder per search: another space, model or data must not reload these trials
     search_id = params_hash([params, config["tune"]["space"], epochs,
                              file_sha256(extract) if extract.is_file() else None])[:8]
-    out_dir = config.workdir / "tune" / f"{params['model']}-{search_id}"
+    out_dir = layout.tune_dir(config.workdir) / f"{params['model']}-{search_id}"
 
     errors: list[Exception] = []
 
@@ -90,7 +91,7 @@ def run_tune(config: Config, console: Console) -> dict:
                             "model_params": {**params["model_params"],
                                              **{k: v for k, v in values.items()
                                                 if k not in TRAIN_KEYS}}}
-            from ..stages.cv_train import build_fn
+            from .experiment import build_fn
 
             histories = []
             for fold in range(data.n_folds):

@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+from ..core import layout
 from ..core.workspace import atomic_write_text, read_text
 
 STYLE = """
@@ -170,7 +171,7 @@ def build_report(workdir: Path, out_dir: Path) -> Report:
 
 def write_report(workdir: Path, out_dir: Path | None = None) -> tuple[Path, Path, int]:
     """Write report.html and report.md; returns their paths and the number of figures."""
-    out_dir = out_dir or workdir / "report"
+    out_dir = out_dir or layout.report_dir(workdir)
     rep = build_report(workdir, out_dir)
     title = f"fercli report: {workdir}"
     html_path, md_path = out_dir / "report.html", out_dir / "report.md"

@@ -9,19 +9,13 @@ losslessly like the tracked ones.
 from __future__ import annotations
 
 import random
-from itertools import islice
 from pathlib import Path
 
 from rich.console import Console
 
 from ..core.engine import Context, Item, ItemOutput, Stage, done_records
-from ..vision.clipio import ClipWriter, iter_clip
-from .split import load_splits
-
-
-def kept_frames(clip: str | Path, first: int, last: int, color: bool = True):
-    """The frames trim kept (inclusive range) of a lossless clip."""
-    return islice(iter_clip(clip, color), first, last + 1)
+from ..core.layout import load_splits
+from ..vision.clipio import ClipWriter, kept_frames
 
 
 def methods_for(item_id: str, methods: list[str], copies: int | None, seed: int) -> list[str]:

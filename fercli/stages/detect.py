@@ -13,25 +13,9 @@ from rich.console import Console
 
 from ..core.config import params_hash
 from ..core.engine import Context, Item, ItemOutput, Stage
-from ..core.errors import ConfigError
 from ..core.workspace import write_csv
-from ..vision.detect import Detection, FaceDetector, detect_first_face, make_detector
+from ..vision.detect import Detection, FaceDetector, detect_first_face, detector_from_params
 from ..vision.media import iter_frames
-
-
-def detector_from_params(params: dict) -> FaceDetector:
-    """Build the configured detector (shared by detect, track's re-detection and predict)."""
-    if params["detector"] == "none":
-        return make_detector("none")
-    if params["detector"] == "yunet":
-        if not params["model_path"]:
-            raise ConfigError("detect.model_path is not set for detector `yunet`",
-                              hint="Download face_detection_yunet_2023mar.onnx from the "
-                                   "OpenCV model zoo and set detect.model_path")
-        return make_detector("yunet", model_path=params["model_path"],
-                             score_threshold=params["score_threshold"])
-    return make_detector("haar", scale_factor=params["scale_factor"],
-                         min_neighbors=params["min_neighbors"], min_size=params["min_size"])
 
 
 class DetectStage(Stage):

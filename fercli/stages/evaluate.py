@@ -15,24 +15,25 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ..core import layout
 from ..core.config import Config
 from ..core.engine import Context, Item, ItemOutput, Stage, done_records
 from ..core.errors import ConfigError, MissingUpstreamError
-from ..core.workspace import file_sha256, read_json, read_text, write_csv
-from .fuse import finalized_runs
+from ..core.layout import finalized_runs
+from ..core.workspace import file_sha256, read_text, write_csv
 
 
 def probability_files(workdir: Path) -> dict[str, Path]:
     """Every evaluable target: finalized runs and written fusions -> test_probs.csv."""
-    targets = {run: workdir / "finalize" / "runs" / run / "test_probs.csv"
+    targets = {run: layout.finalize_run_dir(workdir, run) / "test_probs.csv"
                for run in finalized_runs(workdir)}
-    for path in sorted((workdir / "fuse" / "fusions").glob("*/test_probs.csv")):
+    for path in sorted(layout.fusions_dir(workdir).glob("*/test_probs.csv")):
         targets[path.parent.name] = path
     return {name: path for name, path in targets.items() if path.is_file()}
 
 
 def best_fusion(workdir: Path) -> str | None:
-    table = workdir / "fuse" / "fusion_table.csv"
+    table = layout.fusion_table_csv(workdir)
     if not table.is_file():
         return None
     rows = list(csv.DictReader(io.StringIO(read_text(table, "fusion_table.csv"))))
@@ -67,7 +68,7 @@ class EvaluateStage(Stage):
         files = probability_files(ctx.workdir)
         if not files:
             raise MissingUpstreamError("no finalized run with test probabilities",
-                                       path=ctx.workdir / "finalize",
+                                       path=layout.finalize_runs_dir(ctx.workdir),
                                        hint="Run `fer finalize` first")
         targets = ctx.params["evaluate"]["targets"]
         if targets is None:
@@ -91,7 +92,7 @@ class EvaluateStage(Stage):
             write_human_evaluation,
         )
 
-        classes = read_json(ctx.workdir / "index" / "classes.json", "classes.json")
+        classes = layout.read_classes(ctx.workdir)
         probs = load_probabilities(item.payload["probs"], classes)
         out_dir = ctx.stage.path("targets", item.id)
         result = evaluate(probs, classes)

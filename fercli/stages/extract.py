@@ -15,15 +15,16 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from ..core import layout
 from ..core.config import params_hash
 from ..core.engine import Context, Item, ItemOutput, Stage, done_records
 from ..core.errors import ArtifactError
-from ..core.workspace import atomic_path, read_json, read_text
+from ..core.layout import load_splits
+from ..core.workspace import atomic_path, read_text
 from ..features.featurestore import FeatureStoreWriter, Row
 from ..features.identity import BASELINE_FRAMES, onset_baseline
-from ..vision.clipio import iter_clip
-from .augment import kept_frames
-from .split import load_splits
+from ..learning.experiment import extract_section
+from ..vision.clipio import iter_clip, kept_frames
 
 _EXTRACTORS: dict[str, object] = {}
 
@@ -62,11 +63,7 @@ class ExtractStage(Stage):
 
     def params(self, config):
         params = super().params(config)
-        section = dict(params["extract"])
-        backbone = Path(section["backbone"]).expanduser()
-        if backbone.suffix in (".keras", ".h5", ".hdf5"):  # a model file from pretrain
-            section["backbone"] = str(config.resolve_path(backbone))
-        params["extract"] = section
+        params["extract"] = extract_section(config)  # a model file from pretrain resolved
         params["color"] = config["track"]["color"]
         params["seed"] = config["seed"]  # augmented baselines redo augment's transform
         return params
@@ -131,17 +128,17 @@ class ExtractStage(Stage):
     def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
         params = ctx.params["extract"]
         done = sorted(done_records(records), key=lambda r: r["id"])
-        meta = _index_rows(ctx.workdir / "index" / "index.csv")
+        meta = _index_rows(layout.index_csv(ctx.workdir))
         splits = load_splits(ctx.workdir)
         part = {i: "test" for i in splits["items"]["test"]}
         part.update({i: f"fold-{k}" for k, fold in enumerate(splits["items"]["folds"])
                      for i in fold})
-        classes = read_json(ctx.workdir / "index" / "classes.json", "classes.json")
+        classes = layout.read_classes(ctx.workdir)
         for source in sorted({r["info"]["source"] for r in done}):  # a damaged index.csv
             row = meta.get(source, {})
             if not row.get("subject") or row.get("label") not in classes:
                 raise ArtifactError(f"no valid row for item {source}",
-                                    path=ctx.workdir / "index" / "index.csv",
+                                    path=layout.index_csv(ctx.workdir),
                                     hint="Run `fer verify --repair`, then `fer run`")
         dim = done[0]["info"]["feature_dim"] if done else 0
         trim_first = {i: r["info"]["first"] for i, r in ctx.upstream_items("trim").items()

@@ -11,27 +11,23 @@ training actually stopped, a literal reading of the thesis.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
-import yaml
 from rich.console import Console
 
 from ..core.config import Config
 from ..core.engine import Context, Item, ItemOutput, Stage, done_records
-from ..core.versions import write_versions
-from ..core.workspace import atomic_path, atomic_write_json, atomic_write_text, read_json
-from .cv_train import (
-    CvTrainStage,
+from ..core.layout import load_splits
+from ..inference.runs import write_run_folder
+from ..learning.experiment import (
     TrainingData,
-    build_fn,
-    prepare_devices,
+    extract_section,
+    train_final_model,
     train_fold,
     train_params,
+    training_upstreams,
 )
-from .extract import ExtractStage
-from .split import load_splits
 
 
 class FinalizeStage(Stage):
@@ -41,7 +37,7 @@ class FinalizeStage(Stage):
     sections = ("train", "finalize")
 
     def upstreams(self, config: Config) -> tuple[str, ...]:
-        return ("cv-train", *CvTrainStage().upstreams(config))
+        return ("cv-train", *training_upstreams(config))
 
     def params(self, config: Config) -> dict:
         return {"train": train_params(config), "finalize": config["finalize"]}
@@ -71,7 +67,7 @@ class FinalizeStage(Stage):
 
     def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
         """Train the final model on every fold (resumable like a fold) and predict test."""
-        from ..learning.training import load_model, train_resumable
+        from ..learning.training import load_model
 
         params, fin = ctx.params["train"], ctx.params["finalize"]
         done = done_records(records)
@@ -83,47 +79,26 @@ class FinalizeStage(Stage):
         epochs = max(1, int(round(float(np.mean(fold_epochs)))))
         run = self._run(ctx)
         run_root = ctx.stage.path("runs", run)
-        final_dir = run_root / "final"
-        strategy, devices = prepare_devices(params)
         data = TrainingData(ctx.workdir, params)
-        batch = params["batch_size"] * strategy.num_replicas_in_sync
         console.print(f"finalize: fold stop epochs ({key}) {fold_epochs} -> final model "
                       f"trains {epochs} epochs on all {data.n_folds} folds")
-        with strategy.scope():
-            train_resumable(final_dir, build_fn(data, params),
-                            data.dataset(data.final_rows(), batch_size=batch, shuffle=True,
-                                         seed=params["seed"], training=True),
-                            None, epochs=epochs, seed=params["seed"],
-                            tensorboard=params["tensorboard"],
-                            class_weight=data.class_weight(data.final_rows()))
-        state = read_json(final_dir / "state.json", "state.json")
-        model_path = run_root / "model.keras"
-        with atomic_path(model_path) as tmp:
-            shutil.copyfile(final_dir / state["latest"], tmp)
-        model = load_model(model_path)
-        test_rows = data.test_rows()
-        test_csv = run_root / "test_probs.csv"
-        outputs = [model_path]
+        checkpoint, batch, devices = train_final_model(data, params, epochs, run_root / "final")
         info = {"run": run, "model": params["model"], "epochs": epochs,
                 "fold_epochs": fold_epochs, "epochs_from": fin["epochs_from"],
                 "train_rows": int(len(data.final_rows())), "classes": data.classes,
                 "input_shape": list(data.input_shape), "devices": devices,
-                "backbone": None if data.clip else ExtractStage().params(ctx.config)["extract"],
+                "backbone": None if data.clip else extract_section(ctx.config),
                 "clip_size": params["clip_size"] if data.clip else None,
                 "color": params["color"], "max_frames": params["max_frames"],
                 "min_frames": data.shortest(data.final_rows()),
                 "identity": data.identity}
+        test_rows, test_csv = data.test_rows(), run_root / "test_probs.csv"
         if len(test_rows):
             info["test_accuracy"], info["test_uar"] = data.write_probabilities(
-                model, test_rows, test_csv, batch)
+                load_model(checkpoint), test_rows, test_csv, batch)
             info["test_rows"] = int(len(test_rows))
-            outputs.append(test_csv)
             console.print(f"finalize: test accuracy {info['test_accuracy']:.3f}, UAR "
                           f"{info['test_uar']:.3f} on {len(test_rows)} items -> {test_csv}")
-        model_json = run_root / "model.json"
-        atomic_write_json(model_json, info)
-        config_yaml = run_root / "config.yaml"
-        atomic_write_text(config_yaml, yaml.safe_dump(ctx.config.data, sort_keys=False))
-        classes_json = run_root / "classes.json"
-        atomic_write_json(classes_json, data.classes)
-        return outputs + [model_json, config_yaml, classes_json, write_versions(run_root)]
+        model, *described = write_run_folder(run_root, checkpoint, info, ctx.config.data,
+                                             data.classes)
+        return [model, *([test_csv] if len(test_rows) else []), *described]

@@ -17,46 +17,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from ..core import layout
 from ..core.config import Config
 from ..core.engine import Context, Item, ItemOutput, Stage, done_records
 from ..core.errors import ConfigError, MissingUpstreamError
+from ..core.layout import cv_probability_files, finalized_runs
 from ..core.workspace import read_json, write_csv
-
-METHODS = ("average", "weighted", "max")
-
-
-def fuse_scores(scores: list[np.ndarray], method: str,
-                weights: list[float] | None = None) -> np.ndarray:
-    """Fuse aligned (N, C) softmax arrays; rows stay distributions."""
-    stack = np.stack(scores)  # (R, N, C)
-    if method == "average":
-        fused = stack.mean(axis=0)
-    elif method == "weighted":
-        w = np.asarray(weights, dtype=float)
-        fused = np.tensordot(w / w.sum(), stack, axes=1)
-    elif method == "max":
-        fused = stack.max(axis=0)
-        fused = fused / fused.sum(axis=1, keepdims=True)
-    else:
-        raise ConfigError(f"unknown fusion method {method!r}; choose from {', '.join(METHODS)}")
-    return fused
-
-
-def finalized_runs(workdir: Path) -> dict[str, dict]:
-    """run name -> model.json of every finalized run on disk (several live side by side)."""
-    root = workdir / "finalize" / "runs"
-    runs = {}
-    for model_json in sorted(root.glob("*/model.json")):
-        runs[model_json.parent.name] = read_json(model_json, "model.json")
-    return runs
-
-
-def cv_probabilities_path(workdir: Path, run: str) -> list[Path]:
-    return sorted((workdir / "cv-train" / "runs" / run).glob("fold-*/val_probs.csv"))
-
-
-def fusion_name(runs: tuple[str, ...], method: str) -> str:
-    return "+".join(runs) + f"@{method}"
+from ..learning.fusion import fuse_scores, fusion_name
 
 
 class FuseStage(Stage):
@@ -77,7 +44,8 @@ class FuseStage(Stage):
     def list_items(self, ctx: Context) -> list[Item]:
         runs = finalized_runs(ctx.workdir)
         if not runs:
-            raise MissingUpstreamError("no finalized run", path=ctx.workdir / "finalize",
+            raise MissingUpstreamError("no finalized run",
+                                       path=layout.finalize_runs_dir(ctx.workdir),
                                        hint="Run `fer finalize` first")
         params = ctx.params["fuse"]
         names = params["runs"] or sorted(runs)
@@ -105,12 +73,12 @@ class FuseStage(Stage):
         )
 
         runs = item.payload["runs"]
-        classes = read_json(ctx.workdir / "index" / "classes.json", "classes.json")
+        classes = layout.read_classes(ctx.workdir)
         cv = [_concat([load_probabilities(p, classes)
-                       for p in cv_probabilities_path(ctx.workdir, r)]) for r in runs]
-        test = [load_probabilities(ctx.workdir / "finalize" / "runs" / r / "test_probs.csv",
+                       for p in cv_probability_files(ctx.workdir, r)]) for r in runs]
+        test = [load_probabilities(layout.finalize_run_dir(ctx.workdir, r) / "test_probs.csv",
                                    classes) for r in runs]
-        weights = [read_json(ctx.workdir / "cv-train" / "runs" / r / "run.json", "run.json")
+        weights = [read_json(layout.cv_run_dir(ctx.workdir, r) / "run.json", "run.json")
                    ["cv_accuracy"] for r in runs]
         cv, test = _align(cv), _align(test)
         files, rows = [], []

@@ -490,7 +490,7 @@ class IndexStage(Stage):
         return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
     def list_items(self, ctx: Context) -> list[Item]:
-        items, self.excluded = scan_dataset(ctx.params["index"], (ctx.workdir,))
+        items, _ = scan_dataset(ctx.params["index"], (ctx.workdir,))
         return [Item(i["id"], {**_item_fingerprint(i), "rel": i["rel"],
                                "subject": i["subject"], "label": i["label"]}, i)
                 for i in items]
@@ -539,16 +539,13 @@ class IndexStage(Stage):
         write_csv(index_csv, INDEX_COLUMNS, rows)
         classes_json = out.path("classes.json")
         atomic_write_json(classes_json, classes)
-        excluded = getattr(self, "excluded", None)
-        if excluded is None:
-            excluded = scan_dataset(ctx.params["index"], (ctx.workdir,))[1]
+        # scanned again (a walk of the folder): the stage object keeps no state between calls
+        excluded = scan_dataset(ctx.params["index"], (ctx.workdir,))[1]
         excluded_csv = out.path("excluded.csv")
         write_csv(excluded_csv, ["path", "reason"],
-                                                  [{"path": e.rel, "reason": e.reason}
-                                                   for e in excluded])
+                  [{"path": e.rel, "reason": e.reason} for e in excluded])
         stats_csv = out.path("stats.csv")
-        write_csv(stats_csv, ["group", "value", "items"],
-                                               dataset_stats(rows, classes))
+        write_csv(stats_csv, ["group", "value", "items"], dataset_stats(rows, classes))
         lengths_png = out.path("lengths.png")
         plot_lengths({r["item_id"]: r["n_frames"] for r in rows}, lengths_png,
                      title=f"Frame lengths of {len(rows)} indexed items")

@@ -13,8 +13,6 @@ be in the test set and in a training fold: use it for datasets without subject i
 """
 from __future__ import annotations
 
-import csv
-import io
 import random
 import re
 from collections import Counter
@@ -25,8 +23,9 @@ from rich.table import Table
 
 from ..core.config import Config, params_hash
 from ..core.engine import Context, Item, ItemOutput, Stage
-from ..core.errors import ConfigError, InputError
-from ..core.workspace import atomic_write_json, atomic_write_text, read_text
+from ..core.errors import ConfigError
+from ..core.layout import read_index
+from ..core.workspace import atomic_write_json, atomic_write_text
 
 _RANGE = re.compile(r"^([A-Za-z_]*)(\d+)-\1?(\d+)$")
 
@@ -45,13 +44,6 @@ def expand_subjects(entries: list[str]) -> list[str]:
         else:
             out.append(entry.strip())
     return out
-
-
-def read_index(index_dir: Path) -> list[dict]:
-    path = index_dir / "index.csv"
-    if not path.is_file():
-        raise InputError("index.csv is missing", path=path, hint="Run `fer index` first")
-    return list(csv.DictReader(io.StringIO(read_text(path, "index.csv"))))
 
 
 def make_split(subject_items: dict[str, int], *, folds: int, test_fraction: float,
@@ -157,7 +149,7 @@ class SplitStage(Stage):
         return params
 
     def list_items(self, ctx: Context) -> list[Item]:
-        rows = read_index(ctx.upstream["index"].root)
+        rows = read_index(ctx.workdir)
         fingerprint = params_hash([(r["item_id"], r["subject"], r["label"]) for r in rows])
         return [Item("splits", {"index": fingerprint}, {"rows": rows})]
 
@@ -240,13 +232,3 @@ def _shared_subjects(subjects: dict) -> list[str]:
 def _subjects_text(subjects: list[str]) -> str:
     text = " ".join(subjects)
     return text if len(text) <= 60 else f"{' '.join(subjects[:8])} ... ({len(subjects)})"
-
-
-def load_splits(workdir: Path) -> dict:
-    """splits.json for later stages, with the usual remedy when it is missing."""
-    from ..core.workspace import read_json
-
-    path = workdir / "split" / "splits.json"
-    if not path.is_file():
-        raise InputError("splits.json is missing", path=path, hint="Run `fer split` first")
-    return read_json(path, "splits.json")

@@ -20,10 +20,9 @@ from ..core.engine import Context, Item, ItemOutput, Stage
 from ..core.errors import ItemError
 from ..core.workspace import atomic_write_text
 from ..vision.clipio import CODECS, ClipWriter, write_boxes_csv
-from ..vision.detect import Box, Detection
+from ..vision.detect import Box, Detection, detector_from_params
 from ..vision.media import iter_frames
 from ..vision.track import compare_trackers, full_frames, track_faces
-from .detect import detector_from_params
 
 CLIP_SUFFIX = {name: codec.suffix for name, codec in CODECS.items()}
 

@@ -30,6 +30,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
+from itertools import islice
 from pathlib import Path
 
 import cv2
@@ -269,3 +270,8 @@ def write_boxes_csv(path: str | Path, rows: Iterable[tuple]) -> None:
     writer.writerow(BOX_COLUMNS)
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
+
+
+def kept_frames(clip: str | Path, first: int, last: int, color: bool = True):
+    """The frames trim kept (inclusive range) of a lossless clip."""
+    return islice(iter_clip(clip, color), first, last + 1)

@@ -219,3 +219,18 @@ def detect_first_face(
         hint="Raise detect.min_neighbors, look at more frames (--set "
              "detect.frames_allowed=N) or crop the video to one person.",
     )
+
+
+def detector_from_params(params: dict) -> FaceDetector:
+    """Build the configured detector (shared by detect, track's re-detection and predict)."""
+    if params["detector"] == "none":
+        return make_detector("none")
+    if params["detector"] == "yunet":
+        if not params["model_path"]:
+            raise ConfigError("detect.model_path is not set for detector `yunet`",
+                              hint="Download face_detection_yunet_2023mar.onnx from the "
+                                   "OpenCV model zoo and set detect.model_path")
+        return make_detector("yunet", model_path=params["model_path"],
+                             score_threshold=params["score_threshold"])
+    return make_detector("haar", scale_factor=params["scale_factor"],
+                         min_neighbors=params["min_neighbors"], min_size=params["min_size"])
