@@ -267,6 +267,7 @@ def extracted(sharded) -> dict:
     return sharded
 
 
+@pytest.mark.slow
 def test_concurrent_fold_tasks_complete_cv_train(extracted):
     work = extracted["sharded"]
     wait_all(start_tasks(EXAMPLES / "slurm/cv_fold_array.sbatch", extracted["config"],
@@ -278,6 +279,7 @@ def test_concurrent_fold_tasks_complete_cv_train(extracted):
     assert (work / "cv-train/runs" / run / "run.json").is_file()
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_trains_on_two_logical_devices(extracted, tmp_path):
     """train.strategy=mirrored with the CPU split in two: the multi-GPU code path."""
     wrapper = tmp_path / "two_cpus.py"

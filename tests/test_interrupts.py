@@ -18,6 +18,8 @@ from support import live_group_members
 
 from fercli.api import load_config, run_pipeline
 
+pytestmark = pytest.mark.slow  # minutes: `make test-fast` leaves it out
+
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = [f"index.root={ROOT / 'sample_data'}", "split.folds=2", "split.test_fraction=0.2",
             "track.size=96"]

@@ -24,6 +24,8 @@ from fercli.core.engine import run_stage
 from fercli.features.featurestore import FeatureStore
 from fercli.stages import PIPELINE
 
+pytestmark = pytest.mark.slow  # minutes: `make test-fast` leaves it out
+
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = support.small_pipeline(epochs=3)
 

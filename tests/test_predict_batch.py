@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from test_predict import MAX_FRAMES, make_run
 
+pytestmark = pytest.mark.slow  # minutes: `make test-fast` leaves it out
+
 ROOT = Path(__file__).resolve().parents[1]
 VIDEOS = ["F001_happy", "F002_sad", "M001_angry", "M002_surprise", "F003_fear", "M003_disgust"]
 

@@ -19,6 +19,7 @@ from ..core import layout
 from ..core.config import Config
 from ..core.engine import Context, Item, ItemOutput, Stage, done_records
 from ..core.layout import load_splits
+from ..core.versions import write_versions
 from ..core.workspace import atomic_write_json, atomic_write_text, write_csv
 from ..learning.experiment import (
     TrainingData,
@@ -123,6 +124,7 @@ class CvTrainStage(Stage):
                       f"{honest['cv_uar']:.3f} (mean over folds at epoch {honest['cv_epoch']},"
                       " the mean curve's best)")
         console.print(f"mean curve: {curve_png}")
-        return [curve_csv, curve_png, summary_csv, run_json, config_yaml, classes_json]
+        return [curve_csv, curve_png, summary_csv, run_json, config_yaml, classes_json,
+                write_versions(run_root)]
 
 

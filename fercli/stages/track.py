@@ -27,11 +27,6 @@ from ..vision.track import compare_trackers, full_frames, track_faces
 CLIP_SUFFIX = {name: codec.suffix for name, codec in CODECS.items()}
 
 
-def clip_path(ctx_or_root, item_id: str, codec: str) -> Path:
-    root = ctx_or_root.stage.root if hasattr(ctx_or_root, "stage") else Path(ctx_or_root)
-    return root / "clips" / f"{item_id}{CLIP_SUFFIX[codec]}"
-
-
 class TrackStage(Stage):
     name = "track"
     help = ("Track each detected face (MedianFlow by default), crop and resize it, and "
