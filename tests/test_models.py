@@ -37,7 +37,7 @@ def _inputs(name, shape, lengths, rng):
     return {"features" if name in FEATURE_MODELS else "clip": data, "mask": mask}
 
 
-@pytest.mark.parametrize("name", sorted(FEATURE_MODELS | CLIP_MODELS))
+@pytest.mark.parametrize("name", sorted({*FEATURE_MODELS, *CLIP_MODELS}))
 def test_every_model_trains_and_predicts_a_softmax(name):
     shape, params = TINY[name]
     rng = np.random.default_rng(0)
@@ -166,7 +166,7 @@ def test_bad_params_are_config_errors(name, params, input_shape, message):
 
 
 def test_defaults_cover_every_model_and_resolve_unchanged():
-    assert set(MODEL_DEFAULTS) == FEATURE_MODELS | CLIP_MODELS
+    assert set(MODEL_DEFAULTS) == {*FEATURE_MODELS, *CLIP_MODELS}
     for name, defaults in MODEL_DEFAULTS.items():
         assert resolve_params(name, None) == defaults
 
