@@ -37,7 +37,7 @@ class FoldResult:
 def _keras():
     import keras
 
-    from .. import models  # noqa: F401  registers the custom layers load_model needs
+    from . import models  # noqa: F401  registers the custom layers load_model needs
 
     return keras
 
