@@ -5,19 +5,23 @@ One file holds every sequence (original and augmented rows) as a flat ``frames``
 (``names``, ``items``, ``subjects``, ``labels`` one-hot in classes.json order, ``augment``
 method, split ``part``, the neutral-onset ``baselines`` and ``onsets``, see
 fercli.features.identity) is small and read whole. A sequence is padded or truncated to
-``max_frames`` on read, with a mask marking its real frames, so nothing ever loads the
-whole dataset into memory. The thesis's per-fold files (``fold-<i>-features-<n>.h5``) are
-views of this store: `export_fold` writes one.
+``max_frames`` on read, with a mask marking its real frames. `FeatureStore.read_block`
+reads many rows at once into one `FrameBlock` (runs of adjacent rows in one read each, in
+storage order, so every chunk is decompressed about once); the training input
+(`fercli.learning.datasets.feature_dataset`) holds the whole store in such a block when it fits its
+memory budget and streams blocks of it otherwise. The thesis's per-fold files
+(``fold-<i>-features-<n>.h5``) are views of this store: `export_fold` writes one.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from ..core.errors import ArtifactError
+from ..core.errors import ArtifactError, ConfigError
 from ..core.workspace import atomic_path
 
 STORE_VERSION = 2  # 2: baselines and onsets
@@ -33,6 +37,100 @@ class Row:
     label: int      # index into classes
     augment: str    # "" for the original clip
     part: str       # "test", "fold-<k>" or "unassigned"
+
+
+INPUT_MEMORY_ENV = "FERCLI_INPUT_MEMORY_MB"
+DEFAULT_INPUT_MEMORY_MB = 4096  # feature frames held by one training input pipeline at most
+SPAN_BYTES = 8 << 20  # one read covers at most this much: other threads get the GIL between
+
+
+def input_memory_budget(memory_mb: float | None = None) -> int:
+    """Bytes of feature frames `fercli.learning.datasets.feature_dataset` may hold at once.
+
+    ``memory_mb`` when given, else ``$FERCLI_INPUT_MEMORY_MB``, else the smaller of
+    `DEFAULT_INPUT_MEMORY_MB` and a quarter of the machine's physical memory (not of the
+    memory free now, so the same machine always takes the same path and row order).
+    """
+    if memory_mb is None:
+        value = os.environ.get(INPUT_MEMORY_ENV, "").strip()
+        if value:
+            try:
+                memory_mb = float(value)
+            except ValueError:
+                raise ConfigError(f"${INPUT_MEMORY_ENV} must be a number of MB, not "
+                                  f"{value!r}") from None
+    if memory_mb is not None:
+        if not np.isfinite(memory_mb) or memory_mb < 0:
+            raise ConfigError(f"the input memory budget must be >= 0 MB, not {memory_mb}")
+        return int(memory_mb * (1 << 20))
+    budget = DEFAULT_INPUT_MEMORY_MB << 20
+    try:
+        budget = min(budget, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4)
+    except (AttributeError, OSError, ValueError):
+        pass
+    return int(budget)
+
+
+@dataclass
+class FrameBlock:
+    """The frames of some rows held in memory, in the store's dtype.
+
+    ``rows`` (sorted, unique) are store rows; row ``rows[k]`` has ``counts[k]`` frames (at
+    most the ``max_frames`` it was read for) at ``frames[starts[k]:starts[k] + counts[k]]``.
+    The last row of ``frames`` is zeros: `gather` points padding there.
+    """
+    rows: np.ndarray
+    starts: np.ndarray
+    counts: np.ndarray
+    frames: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.frames.nbytes
+
+    def gather(self, rows: np.ndarray, max_frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """(n, max_frames, F) features in the store's dtype, zero-padded or truncated, and
+        the (n, max_frames) boolean mask, for held ``rows`` in the order given: one
+        vectorised gather, no per-row Python."""
+        where = np.searchsorted(self.rows, rows)
+        if np.any(where >= len(self.rows)) or np.any(self.rows[np.minimum(
+                where, len(self.rows) - 1)] != rows):
+            raise KeyError("rows not held by this block")
+        steps = np.arange(max_frames)
+        mask = steps < self.counts[where, None]
+        index = np.where(mask, self.starts[where, None] + steps, len(self.frames) - 1)
+        return np.take(self.frames, index, axis=0), mask
+
+
+def aligned_empty(shape: tuple[int, ...], dtype, align: int = 64) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an ``align``-byte boundary
+    (TensorFlow can then share it instead of copying)."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(size + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + size].view(dtype).reshape(shape)
+
+
+def frame_spans(offsets: np.ndarray, rows: np.ndarray, max_frames: int | None,
+                span_frames: int) -> list[tuple[int, int, int]]:
+    """Reads covering sorted ``rows``: (first row position, end row position, frames) per
+    run of rows whose needed frames (the first ``max_frames``) lie back to back in the
+    store, each at most ``span_frames`` long unless one row alone is longer."""
+    starts = offsets[rows]
+    counts = offsets[rows + 1] - starts
+    if max_frames is not None:
+        counts = np.minimum(counts, max_frames)
+    spans, first, size = [], 0, 0
+    for k in range(len(rows)):
+        if k > first and (starts[k] != starts[k - 1] + counts[k - 1]
+                          or size + counts[k] > span_frames):
+            spans.append((first, k, size))
+            first, size = k, 0
+        size += int(counts[k])
+    if len(rows):
+        spans.append((first, len(rows), size))
+    return spans
 
 
 class FeatureStoreWriter:
@@ -160,6 +258,41 @@ class FeatureStore:
         mask = np.zeros(max_frames, bool)
         mask[:len(real)] = True
         return features, mask
+
+    def held_frames(self, rows: np.ndarray, max_frames: int | None = None) -> np.ndarray:
+        """Frames of each row that a read for ``max_frames`` keeps (all when None)."""
+        lengths = self.lengths[np.asarray(rows, np.int64)]
+        return lengths if max_frames is None else np.minimum(lengths, max_frames)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The frames' dtype on disk (float16 as `fer extract` writes them)."""
+        return self._file["frames"].dtype
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of one frame in the store's dtype."""
+        return self.feature_dim * self.dtype.itemsize
+
+    def read_block(self, rows: np.ndarray, max_frames: int | None = None) -> FrameBlock:
+        """The first ``max_frames`` frames (all when None) of ``rows`` in one `FrameBlock`.
+
+        Rows are read in storage order, a run of back-to-back rows in one read of at most
+        `SPAN_BYTES` straight into the block (no intermediate copy), so each chunk is
+        decompressed about once (the chunk cache keeps the one a row boundary shares).
+        """
+        rows = np.unique(np.asarray(rows, np.int64))
+        counts = self.held_frames(rows, max_frames)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        source = self._file["frames"]
+        frames = aligned_empty((int(counts.sum()) + 1, self.feature_dim), source.dtype)
+        frames[-1] = 0
+        span_frames = max(1, SPAN_BYTES // self.frame_bytes)
+        for first, _end, size in frame_spans(self.offsets, rows, max_frames, span_frames):
+            if size:
+                at, to = int(starts[first]), int(self.offsets[rows[first]])
+                source.read_direct(frames, np.s_[to:to + size], np.s_[at:at + size])
+        return FrameBlock(rows, starts, counts, frames)
 
     def select(self, parts: list[str], with_augmented: bool) -> np.ndarray:
         """Row indices of the given split parts; augmented rows only when asked."""
