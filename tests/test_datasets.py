@@ -277,3 +277,14 @@ def test_mirrored_strategy_trains_over_two_logical_cpus(store_path):
     assert report["replicas"] == 2 and len(report["devices"]) == 2
     assert report["steps"] == 4                 # 20 rows in global batches of 2 x 3
     assert np.isfinite(report["loss"])
+
+
+def test_half_features_widen_exactly_without_float16_kernels():
+    """Every one of the 65,536 half-precision bit patterns widens to numpy's float32."""
+    from fercli.learning.datasets import _half_as_bits, _to_float32
+
+    halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    widened = _to_float32(_half_as_bits(halves)).numpy()
+    expected = halves.astype(np.float32)
+    assert np.array_equal(widened, expected, equal_nan=True)
+    assert np.array_equal(np.signbit(widened), np.signbit(expected))

@@ -210,6 +210,33 @@ class _BlockReader:
         self._stop.set()
 
 
+def _half_as_bits(array: np.ndarray) -> np.ndarray:
+    """float16 frames as their uint16 bit patterns (a view, no copy): TensorFlow then runs
+    no float16 kernel, whose oneDNN notice ("DT_HALF only on platforms with AVX-512") is
+    printed at ERROR level on every CPU without AVX-512; `_to_float32` decodes them."""
+    return array.view(np.uint16) if array.dtype == np.float16 else array
+
+
+def _to_float32(values: tf.Tensor) -> tf.Tensor:
+    """float32 of stored features; uint16 holds IEEE half bit patterns (`_half_as_bits`),
+    widened with integer ops: exponent rebiased 15 -> 127, mantissa shifted 10 -> 23 bits,
+    zero and subnormals scaled by 2**-24, infinities and NaNs kept."""
+    if values.dtype != tf.uint16:
+        return tf.cast(values, tf.float32)
+    bits = tf.cast(values, tf.int32)
+    sign = tf.bitwise.left_shift(tf.bitwise.bitwise_and(bits, 0x8000), 16)
+    exponent = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 10), 0x1F)
+    mantissa = tf.bitwise.bitwise_and(bits, 0x3FF)
+    normal = tf.bitwise.bitwise_or(tf.bitwise.left_shift(exponent + 112, 23),
+                                   tf.bitwise.left_shift(mantissa, 13))
+    special = tf.bitwise.bitwise_or(0x7F800000, tf.bitwise.left_shift(mantissa, 13))
+    widened = tf.bitcast(tf.bitwise.bitwise_or(sign, tf.where(exponent == 31, special,
+                                                               normal)), tf.float32)
+    small = tf.cast(mantissa, tf.float32) * 2.0 ** -24
+    small = tf.where(sign != 0, -small, small)
+    return tf.where(exponent == 0, small, widened)
+
+
 def _cpu_tensor(array: np.ndarray) -> tf.Tensor:
     """``array`` as a tensor in host memory, sharing its buffer (DLPack) when it is
     64-byte aligned (`FrameBlock` frames are) and copied otherwise."""
@@ -255,7 +282,7 @@ def feature_dataset(store_path: str | Path, rows: np.ndarray, max_frames: int,
             raise InputError(f"row {int(outside[0])} is outside the store's {n_store} rows",
                              path=store_path, hint="Re-run the training stage.")
         store_dtype = store.dtype
-        dtype = tf.as_dtype(store_dtype)
+        dtype = tf.uint16 if store_dtype == np.float16 else tf.as_dtype(store_dtype)
         row_bytes = store.held_frames(rows, max_frames) * store.frame_bytes
         budget = input_memory_budget(memory_mb)
         unique = np.unique(rows)
@@ -272,14 +299,14 @@ def feature_dataset(store_path: str | Path, rows: np.ndarray, max_frames: int,
         mask = steps[None, :] < counts[:, None]
         padding = tf.shape(frames, out_type=tf.int64)[0] - 1  # the block's zero row
         index = tf.where(mask, starts[:, None] + steps[None, :], padding)
-        inputs = {"features": tf.cast(tf.gather(frames, index), tf.float32),
+        inputs = {"features": _to_float32(tf.gather(frames, index)),
                   "mask": tf.cast(mask, tf.float32)}
         if baseline:
             inputs["baseline"] = tf.gather(baselines, batch_rows)
         return inputs, tf.gather(onehot, batch_rows)
 
     if held:
-        frames = _cpu_tensor(block.frames)
+        frames = _cpu_tensor(_half_as_bits(block.frames))
         start_of, count_of = np.zeros(n_store, np.int64), np.zeros(n_store, np.int64)
         start_of[block.rows], count_of[block.rows] = block.starts, block.counts
         with tf.device("/CPU:0"):
@@ -300,7 +327,8 @@ def feature_dataset(store_path: str | Path, rows: np.ndarray, max_frames: int,
     else:
         reading: dict = {}  # the epoch being read: its number and `_BlockReader`
         lock = threading.Lock()
-        empty = (np.zeros((1, feature_dim), store_dtype), *[np.zeros(0, np.int64)] * 3)
+        empty = (_half_as_bits(np.zeros((1, feature_dim), store_dtype)),
+                 *[np.zeros(0, np.int64)] * 3)
 
         def start_epoch():
             epoch = next(epochs)
@@ -324,7 +352,7 @@ def feature_dataset(store_path: str | Path, rows: np.ndarray, max_frames: int,
                     if reading.get("reader") is reader:
                         reading.clear()
                 reader.close()
-            return empty if window is None else window
+            return empty if window is None else (_half_as_bits(window[0]), *window[1:])
 
         start_epoch = _host_call(start_epoch, lambda: np.zeros(2, np.int64))
         next_window = _host_call(next_window, lambda: empty)
