@@ -484,8 +484,9 @@ def _process_in_workers(stage: Stage, ctx: Context, todo: list[Item], workers: i
         if clean_exit:
             pool.shutdown(wait=True)
         else:  # stopped, or an error ends the stage: abandon the running items at once
-            pids = set(getattr(pool, "_processes", None) or {})
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
+            workers = dict(getattr(pool, "_processes", None) or {})  # pid -> Process
+            pids = set(workers)
+            for process in workers.values():
                 with contextlib.suppress(Exception):
                     process.kill()
             pool.shutdown(wait=False, cancel_futures=True)

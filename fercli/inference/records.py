@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..core.config import params_hash
-from ..core.workspace import StageLock, atomic_write_json, file_sha256
+from ..core.workspace import StageLock, atomic_write_json, file_sha256, read_json
 
 RETRIED_STATUSES = ("unreadable",)  # may be repaired (copied again, permission fixed)
 
@@ -55,8 +55,6 @@ class PredictRecords:
 
     def read(self, name: str, video: Path) -> dict | None:
         """The record of this video with unchanged inputs, else None."""
-        from ..core.workspace import read_json
-
         path = self.path(name)
         if not path.is_file():
             return None
