@@ -214,8 +214,8 @@ def test_extract_predict_and_export_take_one_onset_baseline(identity_run):
 
     from fercli.features.featurestore import FeatureStore
     from fercli.features.identity import BASELINE_FRAMES
+    from fercli.inference.encoders import baseline_key, with_baseline
     from fercli.inference.export import KerasPipeline, build_inference_model, pad_onset, run_clips
-    from fercli.inference.predict import baseline_key, with_baseline
     from fercli.inference.runs import load_run
 
     run = load_run(identity_run)

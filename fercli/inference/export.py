@@ -254,7 +254,7 @@ def build_inference_model(run, unroll: bool = True, extractor=None):
         plan = clip_plan(run)
     else:
         if extractor is None:
-            from .predict import FeatureEncoder
+            from .encoders import FeatureEncoder
 
             extractor = FeatureEncoder(run).extractor
         plan = feature_plan(run, extractor.spec)
@@ -547,7 +547,7 @@ class KerasPipeline:
     """The run as `fer predict` feeds it: encoder (backbone or resize) + model.keras."""
 
     def __init__(self, run):
-        from .predict import ClipEncoder, FeatureEncoder
+        from .encoders import ClipEncoder, FeatureEncoder
 
         self.run = run
         self.encoder = ClipEncoder(run) if run.is_clip else FeatureEncoder(run)
@@ -556,7 +556,7 @@ class KerasPipeline:
     def predict(self, crops: np.ndarray, onset: np.ndarray | None = None) -> np.ndarray:
         """Probabilities of the kept face crops; identity runs need ``onset``, the first
         face crops of the video, whose baseline is `fer predict`'s (``with_baseline``)."""
-        from .predict import baseline_key, model_inputs, with_baseline
+        from .encoders import baseline_key, model_inputs, with_baseline
 
         def faces(frames):
             return [c[..., 0] if c.ndim == 3 and c.shape[-1] == 1 else c for c in frames]
