@@ -10,8 +10,12 @@ best counts, so short videos and a busy machine still give stable numbers.
 Sections are plain functions in ``SECTIONS``; each prints its own table and stores its
 figures in ``bench.results`` (saved with ``--json OUT``).
 
+``section_peer`` times `fer predict` against the peer package `fer` 25.10.3 on a real video
+(``$FER_DATA/tests/woman2.mp4``), and ``section_goals`` ends with issue 13's goals, each
+figure from this same run.
+
     python scripts/bench.py [--video PATH] [--like-bu4dfe] [--seconds 1.5] [--json bench.json]
-                            [--memory]
+                            [--memory] [--only SECTION ...]
 """
 from __future__ import annotations
 
@@ -56,6 +60,7 @@ class Bench:
     seconds: float
     console: Console
     memory: bool = False  # run section_memory (about 2-3 minutes)
+    skipped: dict = field(default_factory=dict)  # section -> why it did not run
     bu4dfe_video: Path | None = None  # a BU-4DFE-sized copy, also measured in section_goal
     detector: HaarDetector = field(default_factory=HaarDetector)
     results: dict = field(default_factory=dict)
@@ -121,11 +126,22 @@ def detect_once_then_track(bench: Bench, tracker: str = DEFAULT_TRACKER,
     return len(rows)
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def section_machine(bench: Bench) -> None:
     frame = next(iter_frames(bench.video))
     n_frames = decode_only(bench)  # also warms the file cache and the decoder
     machine = {
         "platform": platform.platform(),
+        "cpu": cpu_model(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "opencv": cv2.__version__,
@@ -141,7 +157,7 @@ def section_machine(bench: Bench) -> None:
     bench.results.update(machine=machine, video=video)
     bench.console.print(
         f"[bold]Machine[/] {machine['platform']}, Python {machine['python']}, "
-        f"{machine['cpu_count']} CPUs, OpenCV {machine['opencv']} "
+        f"{machine['cpu']}, {machine['cpu_count']} CPUs, OpenCV {machine['opencv']} "
         f"({machine['opencv_threads']} threads); load average {machine['load_average_1min']:.2f} "
         "(other processes slow every figure, the multi-threaded Haar most)"
     )
@@ -461,6 +477,168 @@ def read_run_path(export_folder: Path) -> str:
     return json.loads((export_folder / "export.json").read_text())["run_path"]
 
 
+# --------------------------------------------------------------------------- vs the peer
+PEER_VENV = REPO / ".venv-peer"
+PEER_SETUP = ".venv/bin/python scripts/peer_predict.py --setup"
+PEER_VIDEO = Path("tests") / "woman2.mp4"  # under $FER_DATA: 464 frames, one talking face
+PEER_ROUNDS = 3  # interleaved: peer, fercli, peer, fercli, ...
+PREDICT_ARGS = ["--window", "2", "--stride", "1"]
+GOAL_PREDICT_FPS = 20.0  # `fer predict` frames/s after start-up >= 20x the peer's (issue 13)
+GOAL_PREDICT_WALL = 5.0  # whole process: the peer's wall time >= 5x fercli's
+DEFAULT_RUN_SETTINGS = ["index.exclude_subjects=[F003, F004, M003, M004]", "split.folds=2",
+                        "split.test_subjects=[F001, F002]", "trim.plot_examples=0",
+                        "augment.methods=[flip]", "extract.augmented=false",
+                        "train.augmented=false", "train.epochs=5", "train.tensorboard=false",
+                        "finalize.max_epochs=5"]
+
+
+def default_run(bench: Bench) -> tuple[Path, str]:
+    """A finalized run of the default config (the default backbone and model), trained on
+    the sample data: `make demo`'s when there is one, else a quick one made here (2 training
+    subjects, no augmented rows, 5 epochs; about a minute): the same network, so the same
+    cost per frame."""
+    from fercli.core.config import load_config
+    from fercli.core.engine import run_stage
+    from fercli.core.layout import finalize_runs_dir
+    from fercli.stages import PIPELINE
+
+    backbone = SCHEMA["extract"]["backbone"].default
+    model = SCHEMA["train"]["model"].default
+    for path in sorted(DEMO_RUNS.glob("*/model.json")):
+        info = json.loads(path.read_text())
+        if info.get("model") == model and info.get("backbone", {}).get("backbone") == backbone:
+            return path.parent, f"`make demo`'s run, {model} on {backbone} (the defaults)"
+    workdir = bench.workdir / "default-run" / "work"
+    cfg = load_config(None, [f"workdir={workdir}", f"index.root={REPO / 'sample_data'}",
+                             *DEFAULT_RUN_SETTINGS])
+    for stage in ("index", "split", "detect", "track", "trim", "augment", "extract",
+                  "cv-train", "finalize"):
+        run_stage(PIPELINE[stage], cfg, PIPELINE, workers=os.cpu_count() or 1,
+                  console=Console(quiet=True))
+    run_dir = next(finalize_runs_dir(workdir).glob("*/model.json")).parent
+    return run_dir, (f"{model} on {backbone} (the defaults), trained here on 2 sample "
+                     "subjects for 5 epochs (no demo-work: `make demo` for its run)")
+
+
+def run_child(cmd: list, stdout: Path, stderr: Path) -> tuple[int, float, float]:
+    """Run ``cmd``: its exit code, wall seconds and peak RSS in MB (that child alone,
+    from ``os.wait4``'s resource usage)."""
+    with stdout.open("w") as out, stderr.open("w") as err:
+        started = time.perf_counter()
+        child = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return child.returncode, wall, usage.ru_maxrss / 1024
+
+
+def last_lines(path: Path, n: int = 3) -> str:
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines()
+             if line.strip()]
+    return " | ".join(lines[-n:]) or "no output"
+
+
+def section_peer(bench: Bench) -> None:
+    """`fer predict` against the peer `fer` 25.10.3 (Haar + TFLite every frame) on a real
+    video, each in its own process (issue 13): frames/s after start-up, whole-process wall
+    time and peak RSS, in interleaved rounds."""
+    data = os.environ.get("FER_DATA")
+    video = Path(data) / PEER_VIDEO if data else None
+    if video is None or not video.is_file():
+        why = ("FER_DATA is not set" if video is None else f"{video} not found")
+        bench.skipped["peer"] = why
+        bench.console.print(f"(fer predict vs peer skipped: {why}; it needs "
+                            f"$FER_DATA/{PEER_VIDEO.as_posix()})")
+        return
+    peer_python = PEER_VENV / "bin" / "python"
+    if not peer_python.exists():
+        bench.skipped["peer"] = f"no peer venv {PEER_VENV.name}"
+        bench.console.print(f"(fer predict vs peer skipped: no peer venv {PEER_VENV.name}; "
+                            f"create it: {PEER_SETUP})")
+        return
+    fer = Path(sys.executable).parent / "fer"
+    with bench.console.status("peer: preparing a run of the default config ..."):
+        run_dir, run_source = default_run(bench)
+    folder = bench.workdir / "peer"
+    folder.mkdir()
+    peer_cmd = [peer_python, "-I", REPO / "scripts" / "peer_predict.py", video]
+    rounds: dict[str, list[dict]] = {"peer": [], "fercli": []}
+    failed = None
+    for k in range(PEER_ROUNDS):
+        out = folder / f"predict-{k}"  # fresh: `fer predict` skips videos it has done
+        runs = (("peer", peer_cmd),
+                ("fercli", [fer, "predict", video, "--run", run_dir, *PREDICT_ARGS,
+                            "--out", out]))
+        for system, cmd in runs:
+            with bench.console.status(f"peer: round {k + 1} of {PEER_ROUNDS}, {system} on "
+                                      f"{video.name} ..."):
+                code, wall, rss = run_child(cmd, folder / f"{system}-{k}.out",
+                                            folder / f"{system}-{k}.err")
+            if code:
+                failed = (f"{system} failed (exit {code}): "
+                          f"{last_lines(folder / f'{system}-{k}.err')}")
+                break
+            if system == "peer":
+                report = json.loads(
+                    (folder / f"peer-{k}.out").read_text().strip().splitlines()[-1])
+                row = {"fps": report["frames_per_second"], "frames": report["frames"],
+                       "startup_s": report["startup_seconds"], "version": report["fer_version"],
+                       "detail": f"faces {report['face_frames']}/{report['frames']}"}
+            else:
+                result = json.loads(next(out.glob("*/prediction.json")).read_text())
+                timing = result["timing"]
+                row = {"fps": timing["frames_per_second"], "frames": result["frames"],
+                       "startup_s": wall - timing["seconds"],
+                       "detail": f"{result['status']}, "
+                                 f"{result.get('n_windows', len(result.get('windows', [])))} "
+                                 f"windows, {result.get('label', '-')}"}
+            rounds[system].append({**row, "wall_s": wall, "peak_rss_mb": rss})
+        if failed:
+            break
+    if failed:
+        bench.skipped["peer"] = failed
+        bench.console.print(f"[red]fer predict vs the peer not measured:[/] {failed}")
+        return
+    best = {system: {"fps": max(r["fps"] for r in rows),
+                     "wall_s": min(r["wall_s"] for r in rows),
+                     "peak_rss_mb": max(r["peak_rss_mb"] for r in rows)}
+            for system, rows in rounds.items()}
+    fercli, peer = best["fercli"], best["peer"]
+    ratios = {"fps": fercli["fps"] / peer["fps"], "wall": peer["wall_s"] / fercli["wall_s"],
+              "rss": fercli["peak_rss_mb"] / peer["peak_rss_mb"]}
+    table = Table(title=f"fer predict {video.name} {' '.join(PREDICT_ARGS)} vs the peer fer "
+                        f"{rounds['peer'][0]['version']} (FER(): Haar + TFLite, detect_emotions "
+                        f"on every frame), {rounds['peer'][0]['frames']} frames; run: "
+                        f"{run_dir.name}",
+                  caption=f"{PEER_ROUNDS} interleaved rounds, each process fresh; best: the "
+                          "best round's frames/s and wall time, the highest peak RSS. "
+                          "frames/s after start-up: the frame loop (decode included); "
+                          "start-up: wall time before it")
+    for column in ("system", "round", "f/s after start-up", "start-up s", "process s",
+                   "peak RSS", "result"):
+        table.add_column(column, justify="left" if column in ("system", "result")
+                         else "right")
+    for k in range(PEER_ROUNDS):
+        for system in ("peer", "fercli"):
+            r = rounds[system][k]
+            table.add_row(system, str(k + 1), f"{r['fps']:.1f}", f"{r['startup_s']:.1f}",
+                          f"{r['wall_s']:.1f}", f"{r['peak_rss_mb']:.0f} MB", r["detail"])
+    for system in ("peer", "fercli"):
+        b = best[system]
+        table.add_row(f"[bold]{system}[/]", "best", f"{b['fps']:.1f}", "",
+                      f"{b['wall_s']:.1f}", f"{b['peak_rss_mb']:.0f} MB", "")
+    bench.console.print(table)
+    bench.console.print(
+        f"fer predict: {ratios['fps']:.1f}x the peer's frames/s after start-up (goal >= "
+        f"{GOAL_PREDICT_FPS:g}x), whole process {ratios['wall']:.1f}x faster (goal >= "
+        f"{GOAL_PREDICT_WALL:g}x), peak RSS {fercli['peak_rss_mb']:.0f} MB vs "
+        f"{peer['peak_rss_mb']:.0f} MB; run: {run_source}")
+    bench.results["peer"] = {"video": str(video), "run": str(run_dir), "run_source": run_source,
+                             "args": PREDICT_ARGS, "rounds": rounds, "best": best,
+                             "ratios": ratios}
+
+
 # --------------------------------------------------------------------------- memory
 MEMORY_STORE = (3000, 100, 2048)  # sequences x frames x features: 1.2 GB of float16
 MEMORY_FIT = {"steps": 150, "batch": 16, "units": 32}
@@ -577,6 +755,7 @@ def section_memory(bench: Bench) -> None:
     Extract memory does not grow with the number of videos. Each run in its own process."""
     if not bench.memory:
         bench.console.print("(memory section skipped: pass --memory; `make bench` does)")
+        bench.skipped["memory"] = "pass --memory"
         return
     from fercli.features.featurestore import input_memory_budget
 
@@ -602,8 +781,9 @@ def section_memory(bench: Bench) -> None:
         mode = "store" if key in ("bounded", "default") else key
         result, rss = peak_rss(FIT_CODE, store, fit["steps"], fit["batch"], fit["units"], mode,
                                memory_mb)
-        best = runs.setdefault(key, {"run": label, "steps": fit["steps"], "peak_rss_mb": 0.0,
-                                     "steps_per_second": 0.0, "rounds": []})
+        best = runs.setdefault(key, {"key": key, "run": label, "steps": fit["steps"],
+                                     "peak_rss_mb": 0.0, "steps_per_second": 0.0,
+                                     "rounds": []})
         best["rounds"].append(result["steps_per_second"])
         best["peak_rss_mb"] = max(best["peak_rss_mb"], rss)
         if result["steps_per_second"] > best["steps_per_second"]:
@@ -659,8 +839,83 @@ def section_memory(bench: Bench) -> None:
                                "goal_vs_memory": GOAL_STREAMING, "runs": rows}
 
 
+def section_goals(bench: Bench) -> None:
+    """Issue 13's goals, each from a figure measured above in this same run; a goal whose
+    section did not run says so."""
+    rows: list[tuple[str, ...]] = []
+
+    def add(figure: str, fercli: str, baseline: str, ratio: float, goal: str, met: bool) -> None:
+        rows.append((figure, fercli, baseline, f"{ratio:.2f}x" if ratio < 10 else
+                     f"{ratio:.1f}x", goal, "[green]yes[/]" if met else "[red]no[/]"))
+
+    def missing(figure: str, goal: str, section: str) -> None:
+        why = bench.skipped.get(section, f"--only left out {section}")
+        rows.append((figure, "-", "-", "-", goal, f"not measured ({why})"))
+
+    peer = bench.results.get("peer")
+    figures = tuple(f"{figure}, {PEER_VIDEO.name}" for figure in (
+        "predict f/s after start-up vs peer fer", "predict whole process s, peer/fercli",
+        "predict peak RSS, fercli/peer"))
+    if peer:
+        best, ratios = peer["best"], peer["ratios"]
+        add(figures[0], f"{best['fercli']['fps']:.1f}", f"{best['peer']['fps']:.1f}",
+            ratios["fps"], f">= {GOAL_PREDICT_FPS:g}x", ratios["fps"] >= GOAL_PREDICT_FPS)
+        add(figures[1], f"{best['fercli']['wall_s']:.1f}", f"{best['peer']['wall_s']:.1f}",
+            ratios["wall"], f">= {GOAL_PREDICT_WALL:g}x", ratios["wall"] >= GOAL_PREDICT_WALL)
+        add(figures[2], f"{best['fercli']['peak_rss_mb']:.0f} MB",
+            f"{best['peer']['peak_rss_mb']:.0f} MB", ratios["rss"], "<= 1x",
+            ratios["rss"] <= 1.0)
+    else:
+        for figure, goal in zip(figures, (f">= {GOAL_PREDICT_FPS:g}x",
+                                          f">= {GOAL_PREDICT_WALL:g}x", "<= 1x")):
+            missing(figure, goal, "peer")
+    goal = bench.results.get("goal")
+    target = f">= {GOAL_VS_DETECTION:g}x"
+    if goal:
+        for video in goal["videos"]:
+            add(f"track vs Haar every frame, f/s alone, {video['video']}",
+                f"{video['track_fps']:.0f}", f"{video['haar_fps']:.1f}",
+                video["x_detect_alone"], target, video["x_detect_alone"] >= GOAL_VS_DETECTION)
+            add(f"same, CPU ms/frame, cores busy, {video['video']}",
+                f"{video['track_cpu_ms']:.2f}", f"{video['haar_cpu_ms']:.1f}",
+                video["x_detect_busy"], target, video["x_detect_busy"] >= GOAL_VS_DETECTION)
+    else:
+        missing("track vs Haar every frame (sample and BU-4DFE-sized clips)", target, "goal")
+    memory = bench.results.get("memory")
+    target = f">= {GOAL_STREAMING:.2f}x"
+    if memory:
+        runs = {run["key"]: run for run in memory["runs"] if "key" in run}
+        reference = runs["arrays"]["steps_per_second"]
+        for key, label in (("bounded", f"{memory['bounded_budget_mb']} MB"),
+                           ("default", f"default {memory['default_budget_mb']:.0f} MB")):
+            run = runs[key]
+            add(f"train steps/s, streaming ({label} budget) vs in memory",
+                f"{run['steps_per_second']:.2f}", f"{reference:.2f}", run["vs_memory"],
+                target, run["vs_memory"] >= GOAL_STREAMING)
+    else:
+        missing("train steps/s, streaming vs in memory", target, "memory")
+    machine = bench.results.get("machine", {})
+    table = Table(title="Issue 13 goals, every figure measured in this run",
+                  caption=f"Machine: {machine.get('cpu', '?')}, {machine.get('cpu_count', '?')} "
+                          f"CPUs, {machine.get('platform', '?')}, load average "
+                          f"{machine.get('load_average_1min', 0):.2f} at the start. fer predict "
+                          f"vs peer: best of {PEER_ROUNDS} interleaved rounds for frames/s and "
+                          "wall time, highest peak RSS of the rounds; track and training rows: "
+                          "best of 3 interleaved rounds")
+    for column in ("figure", "fercli", "baseline", "ratio", "goal", "met"):
+        table.add_column(column, justify="left" if column in ("figure", "met") else "right")
+    for row in rows:
+        table.add_row(*row)
+    bench.console.print(table)
+    bench.results["goals"] = [dict(zip(("figure", "fercli", "baseline", "ratio", "goal",
+                                        "met"), row)) for row in rows]
+
+
 SECTIONS = [section_machine, section_speed, section_breakdown, section_goal, section_extract,
-            section_export, section_live, section_memory]
+            section_export, section_live, section_peer, section_memory, section_goals]
+SECTION_NAMES = [s.__name__.removeprefix("section_") for s in SECTIONS]
+ALWAYS = {"machine", "goals"}  # --only runs these too
+NEEDS = {"goal": "speed", "live": "export"}  # a section and the one whose figures it reads
 
 
 def default_video(workdir: Path) -> Path:
@@ -711,7 +966,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", action="store_true",
                         help="also measure training input speed and bounded memory (a 1.2 GB "
                              "feature store; 4-6 min)")
+    parser.add_argument("--only", nargs="+", choices=SECTION_NAMES, metavar="SECTION",
+                        help="run only these sections (and machine, goals, and any section "
+                             f"whose figures they read); one of: {', '.join(SECTION_NAMES)}")
     args = parser.parse_args(argv)
+    chosen = set(SECTION_NAMES)
+    if args.only:
+        chosen = set(args.only) | ALWAYS | {NEEDS[s] for s in args.only if s in NEEDS}
     console = Console()
     with tempfile.TemporaryDirectory(prefix="fercli-bench-") as tmp:
         workdir = Path(tmp)
@@ -721,11 +982,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.like_bu4dfe:
             video = bu4dfe_like_copy(video, workdir)
+        copy = None if args.like_bu4dfe or "goal" not in chosen else bu4dfe_like_copy(video,
+                                                                                    workdir)
         bench = Bench(video=video, workdir=workdir, seconds=args.seconds, console=console,
-                      memory=args.memory,
-                      bu4dfe_video=None if args.like_bu4dfe else bu4dfe_like_copy(video, workdir))
-        for section in SECTIONS:
-            section(bench)
+                      memory=args.memory or "memory" in (args.only or []), bu4dfe_video=copy)
+        for section, name in zip(SECTIONS, SECTION_NAMES):
+            if name in chosen:
+                section(bench)
     if args.json:
         args.json.write_text(json.dumps(bench.results, indent=2))
         console.print(f"Figures saved to {args.json}")
