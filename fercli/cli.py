@@ -247,15 +247,24 @@ def predict(inputs: List[Path] = typer.Argument(..., help="Videos, frame-sequenc
                                                           "(repeatable; seed 004)."),
             out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder "
                                                    "(default: <workdir>/predict)."),
+            faces: str = typer.Option("all", "--faces", help="all: every face, each person "
+                                      "with its own id and results; largest: only the "
+                                      "largest face of each frame."),
+            detect_every: float = typer.Option(1.0, "--detect-every", help="Seconds between "
+                                               "searches for new faces (tracked in between; "
+                                               "a cut or a lost face searches at once)."),
+            write: bool = typer.Option(False, "--write", help="Also write annotated.mp4: "
+                                       "each face's box, person id and label."),
             shard: Optional[str] = ShardOpt,
             config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt):
-    """Classify new videos of any length with a finalized model (or a fusion of several).
+    """Classify every face of new videos of any length with a finalized model (or a fusion).
 
     Uses the run's own saved config (detect, track, trim, backbone): no training data needed.
-    Writes per video prediction.json/.csv (and timeline + distribution with --window) and a
-    summary.csv; a video with no face, several faces or unreadable gets its status there.
-    Inputs may be videos, folders, or .txt files listing videos. Each finished video is
-    recorded (out/records): a killed or re-submitted job redoes none of them.
+    Each face is tracked as a person with a stable id (re-linked by appearance after a cut).
+    Writes per video prediction.json/.csv (and timeline + distribution per person with
+    --window) and a summary.csv with a row per person; a video with no face or unreadable
+    gets its status there. Inputs may be videos, folders, or .txt files listing videos.
+    Each finished video is recorded (out/records): a killed or re-submitted job redoes none.
     """
     from .inference.predict import parse_label_map, predict_videos
     from .inference.runs import resolve_run
@@ -265,16 +274,17 @@ def predict(inputs: List[Path] = typer.Argument(..., help="Videos, frame-sequenc
     rows = predict_videos(list(inputs), run_dirs, out_dir or layout.predict_dir(cfg.workdir),
                           fusion_method=fusion, window=window, stride=stride, every=every,
                           label_map=parse_label_map(label_map) if label_map else None,
-                          shard=parse_shard(shard), console=console)
+                          shard=parse_shard(shard), faces=faces, detect_every=detect_every,
+                          write=write, console=console)
     table = Table(title="fer predict")
-    for col in ("video", "status", "label", "confidence", "windows"):
+    for col in ("video", "person", "status", "label", "confidence", "windows", "face frames"):
         table.add_column(col)
-    for row in rows:
+    for row in (person for video in rows for person in video["persons"]):
         confidence = row.get("confidence")
-        table.add_row(Path(str(row["video"])).name, str(row["status"]),
-                      str(row.get("mapped_label") or row.get("label") or ""),
+        table.add_row(Path(str(row["video"])).name, str(row.get("person", "")),
+                      str(row["status"]), str(row.get("mapped_label") or row.get("label") or ""),
                       f"{confidence:.2f}" if isinstance(confidence, float) else "",
-                      str(row.get("n_windows") or ""))
+                      str(row.get("n_windows") or ""), str(row.get("face_frames") or ""))
     out.print(table)
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
@@ -514,8 +524,12 @@ def live(source: str = typer.Argument(..., help="Camera index (0), video file or
          show: bool = typer.Option(False, "--show", help="Show the video with the overlay."),
          write: Optional[Path] = typer.Option(None, "--write", help="Write the video with the "
                                               "overlay (.mp4 or .avi)."),
+         faces: str = typer.Option("all", "--faces", help="all: every face, each person with "
+                                   "its own id; largest: the largest face of each frame."),
+         detect_every: float = typer.Option(1.0, "--detect-every", help="Seconds between "
+                                            "searches for new faces."),
          config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt):
-    """Classify the face in a camera, video or stream as it plays (sliding window).
+    """Classify every face in a camera, video or stream as it plays (sliding window).
 
     Prints the probabilities every --stride seconds, then frames/s and the real-time
     factor (video seconds processed per wall-clock second).
@@ -524,7 +538,8 @@ def live(source: str = typer.Argument(..., help="Camera index (0), video file or
 
     cfg = load_config(config, set_)
     classifier = load_classifier(cfg.workdir, run, model)
-    run_live(source, classifier, window, stride, show, write,
+    run_live(source, classifier, window, stride, show, write, faces=faces,
+             detect_every=detect_every,
              say=lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True))
 
 

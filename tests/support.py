@@ -8,6 +8,8 @@ import signal
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = ROOT / "sample_data"
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise"]
@@ -68,3 +70,50 @@ def live_group_members(pgid: int) -> list[int]:
 def kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- two faces
+PANEL = (200, 240)  # (width, height) of one subject's half of the frame
+BEFORE, AFTER = 43, 40  # frames before and after the cut; 43 keeps the cut off a cadence of 10
+# Two sample subjects (seed 0, as `fer sample` draws them) that look different: F004 is
+# dark, cool and on a grey-green background, M001 bright and warm on a light one.
+LEFT, RIGHT = "F004", "M001"
+NEW_BACKGROUND = ((40, 40, 40), (230, 230, 230))
+
+
+def sample_subject(name: str, background=None):
+    from dataclasses import replace
+
+    from fercli.sampledata import make_subject, subject_names
+
+    index = subject_names(8).index(name)
+    drawn = make_subject(name, np.random.default_rng([0, index]))
+    if background is None:
+        return drawn
+    return replace(drawn, background=background, background_angle_deg=90.0)
+
+
+def subject_panel(name: str, expression: str, seed: int, n_frames: int, background=None,
+                  size=PANEL) -> list[np.ndarray]:
+    from fercli.sampledata import render_frames
+
+    return render_frames(sample_subject(name, background), expression,
+                         np.random.default_rng(seed), n_frames, size=size)
+
+
+def two_subject_panels() -> dict[str, list[np.ndarray]]:
+    """Each subject through one expression, and again on a new background after the cut."""
+    return {
+        "left": subject_panel(LEFT, "happy", 1, 70),
+        "right": subject_panel(RIGHT, "surprise", 2, 70),
+        "left after": subject_panel(LEFT, "sad", 3, AFTER, NEW_BACKGROUND),
+        "right after": subject_panel(RIGHT, "fear", 4, AFTER, NEW_BACKGROUND),
+    }
+
+
+def two_face_cut_clip(panels: dict | None = None) -> list[np.ndarray]:
+    """LEFT | RIGHT for BEFORE frames, then a cut to RIGHT | LEFT on a new background."""
+    panels = panels or two_subject_panels()
+    before = [np.hstack(pair) for pair in zip(panels["left"][:BEFORE], panels["right"])]
+    after = [np.hstack(pair) for pair in zip(panels["right after"], panels["left after"])]
+    return before + after

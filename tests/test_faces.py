@@ -8,54 +8,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import support
 
 from fercli.core.errors import ConfigError
-from fercli.sampledata import make_subject, render_frames, subject_names
 from fercli.vision.detect import Box, HaarDetector
 from fercli.vision.faces import FaceObservation, PersonTracker
 
-PANEL = (200, 240)  # (width, height) of one subject's half of the frame
-BEFORE, AFTER = 43, 40  # frames before and after the cut; 43 keeps the cut off the cadence
+PANEL = support.PANEL
+BEFORE, AFTER = support.BEFORE, support.AFTER
 DETECT_EVERY = 10
-# Two sample subjects (seed 0, as `fer sample` draws them) that look different: F004 is
-# dark, cool and on a grey-green background, M001 bright and warm on a light one.
-LEFT, RIGHT = "F004", "M001"
-NEW_BACKGROUND = ((40, 40, 40), (230, 230, 230))
-
-
-def subject(name: str, background=None):
-    index = subject_names(8).index(name)
-    drawn = make_subject(name, np.random.default_rng([0, index]))
-    if background is None:
-        return drawn
-    from dataclasses import replace
-
-    return replace(drawn, background=background, background_angle_deg=90.0)
-
-
-def panel(name: str, expression: str, seed: int, n_frames: int, background=None,
-          size=PANEL) -> list[np.ndarray]:
-    return render_frames(subject(name, background), expression, np.random.default_rng(seed),
-                         n_frames, size=size)
 
 
 @pytest.fixture(scope="module")
 def panels() -> dict[str, list[np.ndarray]]:
-    """Each subject through one expression, and again on a new background after the cut."""
-    return {
-        "left": panel(LEFT, "happy", 1, 70),
-        "right": panel(RIGHT, "surprise", 2, 70),
-        "left after": panel(LEFT, "sad", 3, AFTER, NEW_BACKGROUND),
-        "right after": panel(RIGHT, "fear", 4, AFTER, NEW_BACKGROUND),
-    }
+    return support.two_subject_panels()
 
 
 @pytest.fixture(scope="module")
 def cut_clip(panels) -> list[np.ndarray]:
-    """LEFT | RIGHT for BEFORE frames, then a cut to RIGHT | LEFT on a new background."""
-    before = [np.hstack(pair) for pair in zip(panels["left"][:BEFORE], panels["right"])]
-    after = [np.hstack(pair) for pair in zip(panels["right after"], panels["left after"])]
-    return before + after
+    return support.two_face_cut_clip(panels)
 
 
 def side(observation: FaceObservation) -> str:
@@ -130,8 +101,8 @@ def test_a_face_that_leaves_and_comes_back_gets_its_old_id(panels):
 
 def test_largest_returns_only_the_largest_face_of_each_frame(panels):
     # LEFT at the panel size, RIGHT rendered 1.25x as large (face size follows the height)
-    small = panel(LEFT, "happy", 5, 12)
-    large = panel(RIGHT, "happy", 6, 12, size=(250, 300))
+    small = support.subject_panel(support.LEFT, "happy", 5, 12)
+    large = support.subject_panel(support.RIGHT, "happy", 6, 12, size=(250, 300))
     frames = []
     for a, b in zip(small, large):
         canvas = np.full((300, 450, 3), 100, np.uint8)
@@ -177,7 +148,9 @@ def test_two_strongly_overlapping_detections_are_one_person(still):
     assert tracker.persons == 1
     assert all(len(faces) == 1 for faces in seen)
     assert seen[0] == [FaceObservation(1, Box(66, 74, 106, 116), "detect")]  # the larger
-    assert [faces[0].source for faces in seen] == ["detect", "track", "track"] * 2 + ["detect"]
+    # detection runs on frames 0, 3 and 6; the tracker holding the face keeps its box
+    assert tracker.counts["detect"] == 3 == detector.calls
+    assert [faces[0].source for faces in seen] == ["detect"] + ["track"] * 6
 
 
 def test_detection_runs_on_the_cadence_while_faces_are_tracked(still):

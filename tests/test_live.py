@@ -26,7 +26,7 @@ CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise"]
 MAX_FRAMES = 16
 # window 1 s, a prediction every 0.5 s = 12 frames at 25 fps: frames 12, 24, ... 84
 N_PREDICTIONS = N_FRAMES // 12
-LINE = re.compile(r"^\s*(\d+\.\d+) s\s+(\w+)\s+(\d\.\d\d)\s+\| (.+)$")
+LINE = re.compile(r"^P1\s+(\d+\.\d+) s\s+(\w+)\s+(\d\.\d\d)\s+\| (.+)$")
 
 
 def make_run(workdir: Path, name: str, identity: bool = False) -> Path:
@@ -88,7 +88,8 @@ def test_live_on_a_video_file_with_the_exported_model(run, fer, tmp_path):
         assert list(probs) == CLASSES and abs(sum(probs.values()) - 1) < 0.05
         assert probs[label] == confidence == max(probs.values())
     report = re.search(r"live: (\d+) frames \(3\.4 s of video\) in [\d.]+ s: ([\d.]+) frames/s,"
-                       r" real-time factor ([\d.]+); (\d+) predictions", result.output)
+                       r" real-time factor ([\d.]+); 1 person\(s\), (\d+) predictions",
+                       result.output)
     assert report, result.output
     assert int(report.group(1)) == N_FRAMES and int(report.group(4)) == N_PREDICTIONS
     assert float(report.group(2)) > 0 and float(report.group(3)) > 0
@@ -177,8 +178,10 @@ def test_live_feeds_identity_runs_the_first_face_crops_as_onset(identity_run):
     run = load_run(identity_run)
     detect, track = run.config["detect"], run.config["track"]
     sampler = FaceSampler(detector_from_params(detect), track["tracker"], detect["extend_px"],
-                          track["size"], track["color"], every=1, smooth=track["smooth"])
-    crops = [face for _, face in sampler.samples(read_video(VIDEO))]  # the crops live saw
+                          track["size"], track["color"], every=1, smooth=track["smooth"],
+                          detect_every=25)  # live's default: once a second
+    crops = [face for _, found in sampler.samples(read_video(VIDEO))  # the crops live saw
+             for _, face in found]
     assert len(crops) == N_FRAMES and all(c is not None for c in crops)
     onset = np.stack(crops[:BASELINE_FRAMES])
     pipeline = KerasPipeline(run)

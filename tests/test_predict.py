@@ -30,7 +30,7 @@ from fercli.inference.predict import (
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise"]
 MAX_FRAMES = 16
-LONG_CLIPS = ("F001_happy", "M001_sad", "F002_angry", "M002_surprise")
+LONG_CLIPS = ("F001_happy", "M001_sad", "F002_angry", "F001_surprise")  # F001 comes back
 GAP_FRAMES = 50  # two seconds without a face, between the second and third clip
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LABEL_MAP = {"positive": ["happy", "surprise"], "negative": ["angry", "disgust"]}
@@ -128,13 +128,20 @@ def whole(runs, videos, tmp_path_factory) -> Path:
 
 
 def test_bad_videos_get_a_status_and_the_good_ones_complete(whole):
-    rows = {Path(r["video"]).name: r for r in summary(whole)}
-    assert {name: r["status"] for name, r in rows.items()} == {
-        "F001_happy.avi": "ok", "blank.avi": "no face", "two_faces.avi": "several faces",
-        "corrupt.avi": "unreadable", "sequence": "ok"}
-    assert "cannot open the video" in rows["corrupt.avi"]["reason"]
-    assert "several faces" in rows["two_faces.avi"]["reason"]
-    assert rows["F001_happy.avi"]["label"] in CLASSES
+    listed = summary(whole)
+    rows = {(Path(r["video"]).name, r["person"]): r for r in listed}
+    assert len(rows) == len(listed)  # one row per person of each video
+    assert {key: r["status"] for key, r in rows.items()} == {
+        ("F001_happy.avi", "1"): "ok", ("blank.avi", ""): "no face",
+        ("two_faces.avi", "1"): "ok", ("two_faces.avi", "2"): "ok",
+        ("corrupt.avi", ""): "unreadable", ("sequence", "1"): "ok"}
+    assert "cannot open the video" in rows["corrupt.avi", ""]["reason"]
+    assert "no face found" in rows["blank.avi", ""]["reason"]
+    assert rows["F001_happy.avi", "1"]["label"] in CLASSES
+    two = load(whole, "two_faces")  # each face is a person, left to right
+    assert two["n_persons"] == 2 and two["main_person"] == 1
+    assert [p["face_frames"] for p in two["persons"]] == [6, 6]
+    assert all(p["label"] in CLASSES for p in two["persons"])
     for name in ("F001_happy", "blank", "two_faces", "corrupt", "sequence"):
         assert (whole / name / "prediction.json").is_file()
         assert (whole / name / "prediction.csv").is_file()
@@ -158,8 +165,11 @@ def test_whole_video_prediction_is_a_distribution(whole):
     assert probs.sum() == pytest.approx(1.0, abs=1e-5) and (probs >= 0).all()
     assert result["label"] == CLASSES[int(np.argmax(probs))]
     assert result["frames"] == result["sampled_frames"] == result["face_frames"] == 85
-    assert result["trim"]["kept_frames"] == result["trim"]["last"] - result["trim"]["first"] + 1
-    assert result["used_frames"] == {"lstm-small": MAX_FRAMES}
+    (person,) = result["persons"]
+    assert (person["person"], person["face_frames"], result["main_person"]) == (1, 85, 1)
+    assert person["trim"]["kept_frames"] == person["trim"]["last"] - person["trim"]["first"] + 1
+    assert person["used_frames"] == {"lstm-small": MAX_FRAMES}
+    assert person["label"] == result["label"]
     with (whole / "F001_happy" / "prediction.csv").open() as handle:
         (row,) = list(csv.DictReader(handle))
     assert row["label"] == result["label"]
@@ -202,7 +212,7 @@ def test_prediction_matches_the_training_pipeline(runs, videos, whole, tmp_path)
     features = extract_sequence(kept, extractor, 32).astype(np.float16).astype(np.float32)
     expected = load_model(runs["feature"] / "model.keras").predict(
         {"features": features[None], "mask": np.ones((1, MAX_FRAMES), np.float32)}, verbose=0)
-    assert load(whole, "F001_happy")["trim"]["first"] == trim.first
+    assert load(whole, "F001_happy")["persons"][0]["trim"]["first"] == trim.first
     np.testing.assert_allclose(probabilities(load(whole, "F001_happy")), expected[0], atol=2e-6)
 
     clip_path = tmp_path / "face.mkv"
@@ -227,34 +237,58 @@ def windowed(runs, videos, tmp_path_factory) -> Path:
 
 
 def test_window_mode_gives_a_timeline_and_a_distribution(windowed, videos):
+    """The long video strings four clips (a gap without a face after the second) of three
+    subjects, the first coming back last: three persons, the first re-linked by appearance,
+    each with windows from their first face to their last."""
     result = load(windowed, "long")
-    seconds = videos["n_long"] / 25
-    expected_windows = int((seconds - 1.0) / 0.5) + 1
-    windows = result["windows"]
-    assert len(windows) == expected_windows
-    assert [w["start_s"] for w in windows[:3]] == [0.0, 0.5, 1.0]
-    assert all(w["sampled_frames"] == 25 for w in windows)
-    gap_start = sum(videos["clip_lengths"][:2]) / 25
-    inside_gap = [w for w in windows if w["start_s"] >= gap_start
-                  and w["end_s"] <= gap_start + GAP_FRAMES / 25]
-    assert inside_gap and {w["status"] for w in inside_gap} == {"no face"}
-    assert result["detections"] >= 2  # the face was found again after the gap
-    ok = [w for w in windows if w["status"] == "ok"]
-    assert result["n_windows"] == len(ok) == len(windows) - len(
-        [w for w in windows if w["status"] != "ok"])
-    for w in ok:
-        assert sum(w["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
-    shares = result["distribution"]["shares"]
-    assert sum(shares.values()) == pytest.approx(1.0)
-    assert result["label"] == max(result["distribution"]["counts"],
-                                  key=result["distribution"]["counts"].get)
-    assert sum(result["mapped_distribution"]["shares"].values()) == pytest.approx(1.0)
+    starts = np.cumsum([0, *videos["clip_lengths"]])
+    starts[2:] += GAP_FRAMES
+    lengths = videos["clip_lengths"]
+    persons = result["persons"]
+    assert [p["person"] for p in persons] == [1, 2, 3] and result["n_persons"] == 3
+    assert result["relinked"] == 1 and result["cuts"] >= 3
+    spans = [(starts[0], starts[3] + lengths[3]), (starts[1], starts[1] + lengths[1]),
+             (starts[2], starts[2] + lengths[2])]
+    for person, (first, end), frames in zip(persons, spans,
+                                            [lengths[0] + lengths[3], lengths[1], lengths[2]]):
+        assert person["first_s"] == pytest.approx(first / 25, abs=0.05)
+        assert person["last_s"] == pytest.approx((end - 1) / 25, abs=0.05)
+        assert person["face_frames"] == pytest.approx(frames, abs=2)
+        windows = person["windows"]
+        assert windows[0]["start_s"] <= person["first_s"] < windows[0]["end_s"]
+        # the last whole window (the video's last half second fills none)
+        assert windows[-1]["start_s"] <= person["last_s"] < windows[-1]["end_s"] + 0.5
+        assert all(w["sampled_frames"] == 25 for w in windows)
+        assert [w["start_s"] for w in windows] == pytest.approx(
+            [windows[0]["start_s"] + 0.5 * i for i in range(len(windows))])
+        ok = [w for w in windows if w["status"] == "ok"]
+        assert person["n_windows"] == len(ok) > 0
+        for w in ok:
+            assert sum(w["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        shares = person["distribution"]["shares"]
+        assert sum(shares.values()) == pytest.approx(1.0)
+        assert person["label"] == max(person["distribution"]["counts"],
+                                      key=person["distribution"]["counts"].get)
+        assert sum(person["mapped_distribution"]["shares"].values()) == pytest.approx(1.0)
+    away = [w for w in persons[0]["windows"]  # while the others are on screen
+            if w["start_s"] >= starts[1] / 25 and w["end_s"] <= starts[3] / 25]
+    assert away and {w["status"] for w in away} == {"no face"}
+    main = max(persons, key=lambda p: p["face_frames"])
+    assert (result["main_person"], result["label"]) == (main["person"], main["label"])
+    assert result["detections"] >= 3
     with (windowed / "long" / "timeline.csv").open() as handle:
         timeline = list(csv.DictReader(handle))
-    assert len(timeline) == len(windows) and timeline[0]["mapped_label"]
+    assert len(timeline) == sum(len(p["windows"]) for p in persons)
+    assert [row["person"] for row in timeline] == [
+        str(p["person"]) for p in persons for _ in p["windows"]]
+    assert timeline[0]["mapped_label"]
+    with (windowed / "long" / "distribution.csv").open() as handle:
+        assert {row["person"] for row in csv.DictReader(handle)} == {"1", "2", "3"}
     for name in ("timeline.png", "distribution.png"):
         assert (windowed / "long" / name).read_bytes()[:8] == PNG_SIGNATURE
-    assert summary(windowed)[0]["n_windows"] == str(len(ok))
+    rows = summary(windowed)
+    assert [r["person"] for r in rows] == ["1", "2", "3"]
+    assert [r["n_windows"] for r in rows] == [str(p["n_windows"]) for p in persons]
     assert result["fusion"] == {"method": "average", "weights": None}
 
 
@@ -262,13 +296,12 @@ def test_a_video_shorter_than_the_window_gives_one_window(runs, videos, tmp_path
     predict_videos([videos["sequence"], videos["mixed"] / "blank.avi"], [runs["clip"]],
                    tmp_path, window=1.0)
     sequence = load(tmp_path, "sequence")
-    assert [(w["start_s"], w["end_s"], w["status"]) for w in sequence["windows"]] == [
-        (0.0, 0.48, "ok")]
+    windows = sequence["persons"][0]["windows"]
+    assert [(w["start_s"], w["end_s"], w["status"]) for w in windows] == [(0.0, 0.48, "ok")]
     assert sequence["n_windows"] == 1 and sequence["status"] == "ok"
     blank = load(tmp_path, "blank")
-    assert (blank["status"], [w["status"] for w in blank["windows"]]) == ("no face", ["no face"])
-    assert (tmp_path / "blank" / "timeline.png").read_bytes()[:8] == PNG_SIGNATURE
-    assert not (tmp_path / "blank" / "distribution.png").exists()
+    assert (blank["status"], blank["n_persons"], blank["persons"]) == ("no face", 0, [])
+    assert not (tmp_path / "blank" / "timeline.png").exists()
 
 
 def test_every_second_frame_halves_the_sampled_frames(runs, videos, tmp_path):
@@ -322,3 +355,57 @@ def test_helpers():
         "x", "x-2", "y"]
     assert sampled_in(0, 25, 2) == 13 and sampled_in(25, 50, 2) == 12
     assert sampled_in(5, 5, 1) == 0
+
+
+@pytest.fixture(scope="module")
+def two_faces(tmp_path_factory) -> Path:
+    """Two of the project's subjects side by side, then a cut that swaps their sides."""
+    return write_video(tmp_path_factory.mktemp("two") / "debate.avi",
+                       support.two_face_cut_clip())
+
+
+def green_share(frame: np.ndarray) -> tuple[float, float]:
+    """Share of person 1's box colour (green) in the left and right halves of a frame."""
+    near = np.abs(frame.astype(int) - (0, 220, 0)).max(axis=2) < 60
+    half = frame.shape[1] // 2
+    return near[:, :half].mean(), near[:, half:].mean()
+
+
+def test_two_faces_are_two_persons_whose_ids_survive_a_cut(runs, two_faces, tmp_path):
+    """Issue 13: every face gets its own person, timeline and distribution, and keeps its
+    id when a cut swaps the speakers' sides (annotated.mp4 shows it: person 1's colour
+    moves from the left face to the right one)."""
+    predict_videos([two_faces], [runs["feature"]], tmp_path, window=1.0, stride=0.5,
+                   label_map=LABEL_MAP, write=True)
+    result = load(tmp_path, "debate")
+    frames = support.BEFORE + support.AFTER
+    assert (result["n_persons"], result["cuts"], result["relinked"]) == (2, 1, 2)
+    assert [(p["person"], p["face_frames"], p["status"]) for p in result["persons"]] == [
+        (1, frames, "ok"), (2, frames, "ok")]
+    for person in result["persons"]:
+        assert person["n_windows"] == len(person["windows"]) > 0
+        assert sum(person["distribution"]["shares"].values()) == pytest.approx(1.0)
+        assert person["mapped_label"] in person["mapped_probabilities"]
+    with (tmp_path / "debate" / "timeline.csv").open() as handle:
+        timeline = list(csv.DictReader(handle))
+    assert {r["person"] for r in timeline} == {"1", "2"}
+    with (tmp_path / "debate" / "distribution.csv").open() as handle:
+        assert {r["person"] for r in csv.DictReader(handle)} == {"1", "2"}
+    assert [(r["person"], r["status"]) for r in summary(tmp_path)] == [("1", "ok"),
+                                                                      ("2", "ok")]
+    annotated = read_frames(tmp_path / "debate" / "annotated.mp4")
+    assert len(annotated) == frames and result["annotated"].endswith("annotated.mp4")
+    left, right = green_share(annotated[support.BEFORE - 5])
+    assert left > 0.005 and right < left / 10  # person 1 on the left before the cut ...
+    left, right = green_share(annotated[support.BEFORE + 5])
+    assert right > 0.005 and left < right / 10  # ... and on the right after it
+
+
+def test_largest_keeps_one_face_per_frame(runs, two_faces, tmp_path):
+    predict_videos([two_faces], [runs["feature"]], tmp_path, faces="largest")
+    result = load(tmp_path, "debate")
+    assert result["faces"] == "largest"
+    assert sum(p["face_frames"] for p in result["persons"]) == result["face_frames"] == (
+        support.BEFORE + support.AFTER)
+    with pytest.raises(ConfigError, match="--faces"):
+        predict_videos([two_faces], [runs["feature"]], tmp_path / "x", faces="biggest")

@@ -1,19 +1,22 @@
-"""`fer live`: the current emotion of the face in a camera, a video file or a stream.
+"""`fer live`: the current emotion of every face in a camera, a video file or a stream.
 
 Real-time FER (thesis 4.2) has to keep up with the frames as they come. Here every frame
-goes through the run's own face path, the ``FaceSampler`` of `fer predict` (detect while
-searching, track otherwise, crop at track.size/track.color), and the face crops of the
-last ``window`` seconds form the sequence the classifier reads, every ``stride`` seconds:
+goes through the run's own face path, the ``FaceSampler`` of `fer predict` (each face a
+person with its own id: fercli.vision.faces; crop at track.size/track.color), and each
+person's face crops of the last ``window`` seconds form the sequence the classifier reads,
+every ``stride`` seconds:
 
-- a window with a face in fewer than half its frames gets no prediction (the rule of
-  `fer predict --window`); its most recent ``max_frames`` faces are used when it holds more;
-- a run with identity normalisation (fercli.features.identity) also reads the neutral onset: the
-  first ``identity.BASELINE_FRAMES`` face crops of the source are kept for the whole run
-  (`fer predict`'s rule: the video's first face frames; fewer until that many were seen);
+- a window with the person's face in fewer than half its frames gets no prediction (the
+  rule of `fer predict --window`); its most recent ``max_frames`` faces are used when it
+  holds more;
+- a run with identity normalisation (fercli.features.identity) also reads the neutral
+  onset: each person's first ``identity.BASELINE_FRAMES`` face crops are kept for the whole
+  run (`fer predict`'s rule: the person's first face frames);
 - the classifier is an exported graph of `fer export` (TFLite preferred: the run's export
   folder is used when it matches model.keras) or else the run's Keras pipeline;
-- each prediction prints one line (time, label, every probability); ``--write`` saves the
-  video with the face box, the label and one bar per class drawn on it, ``--show`` shows it.
+- each prediction prints one line (person, time, label, every probability); ``--write``
+  saves the video with each face's box, person id and label, and one bar per class of the
+  first person, ``--show`` shows it.
 
 At the end it reports frames per second and the real-time factor: seconds of video
 processed per second of wall time (above 1: faster than the video plays; a camera can
@@ -24,7 +27,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,15 +34,15 @@ import cv2
 import numpy as np
 
 from ..core.errors import ConfigError, FerError, InputError
-from ..core.workspace import atomic_path, file_sha256, read_json
+from ..core.workspace import file_sha256, read_json
 from ..features.identity import BASELINE_FRAMES
+from .annotate import draw_face, person_colour, video_writer
 from .export import ExportedModel, KerasPipeline, default_out_dir, pad_clip, pad_onset
 from .runs import resolve_run
 
 # Exported files in order of preference: TFLite float32 keeps the Keras scores, then the
 # smaller TFLite variants, then the SavedModel.
 PREFERENCE = ("model.tflite", "model-float16.tflite", "model-int8.tflite", "savedmodel")
-VIDEO_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "XVID", ".mov": "mp4v"}
 BAR_WIDTH = 120  # pixels of a probability of 1.0 in the overlay
 
 
@@ -152,30 +154,34 @@ def frames_of(capture: cv2.VideoCapture) -> Iterator[np.ndarray]:
 
 
 # --------------------------------------------------------------------------- drawing
-def draw_overlay(frame: np.ndarray, box, probabilities: np.ndarray | None,
-                 classes: list[str], status: str) -> np.ndarray:
-    """The frame with the face box, the current label and one bar per class."""
+def draw_overlay(frame: np.ndarray, boxes: dict, persons: dict,
+                 classes: list[str]) -> np.ndarray:
+    """The frame with each face's box, person id and current label, and one bar per class
+    for the first person with a prediction."""
     out = frame.copy()
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    if box is not None:  # the tracker's boxes are sub-pixel: draw the nearest pixels
-        box = box.rounded()
-        cv2.rectangle(out, (box.x, box.y), (box.x + box.w, box.y + box.h), (0, 220, 0), 2)
-    if probabilities is None:
-        cv2.putText(out, status, (8, 20), font, 0.5, (0, 200, 255), 1, cv2.LINE_AA)
+    for number, box in boxes.items():
+        probabilities = persons[number].probabilities
+        text = "" if probabilities is None else (
+            f"{classes[int(np.argmax(probabilities))]} {probabilities.max():.0%}")
+        draw_face(out, number, box, text)
+    shown = next(((n, p.probabilities) for n, p in sorted(persons.items())
+                  if n in boxes and p.probabilities is not None), None)
+    if shown is None:
+        cv2.putText(out, "looking for a face" if not boxes else "", (8, 20),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 200, 255), 1, cv2.LINE_AA)
         return out
+    number, probabilities = shown
     best = int(np.argmax(probabilities))
-    if box is not None:  # the label under the face (above it when the frame ends there)
-        label = f"{classes[best]} {probabilities[best]:.0%}"
-        below = box.y + box.h + 22
-        y = below if below < out.shape[0] else max(box.y - 8, 14)
-        cv2.putText(out, label, (box.x, y), font, 0.6, (0, 220, 0), 2, cv2.LINE_AA)
-    panel = out[:16 * len(classes) + 4, :74 + BAR_WIDTH]
+    panel = out[:16 * len(classes) + 20, :74 + BAR_WIDTH]
     panel[:] = (panel * 0.4).astype(np.uint8)  # darken behind the bars
+    cv2.putText(out, f"P{number}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                person_colour(number), 1, cv2.LINE_AA)
     for i, (name, p) in enumerate(zip(classes, probabilities, strict=True)):
-        y = 14 + 16 * i
+        y = 30 + 16 * i
         colour = (0, 220, 0) if i == best else (200, 200, 200)
         cv2.rectangle(out, (70, y - 10), (70 + int(BAR_WIDTH * p), y + 2), colour, -1)
-        cv2.putText(out, name[:9], (4, y), font, 0.4, colour, 1, cv2.LINE_AA)
+        cv2.putText(out, name[:9], (4, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1,
+                    cv2.LINE_AA)
     return out
 
 
@@ -207,16 +213,20 @@ def probability_line(seconds: float, probabilities: np.ndarray, classes: list[st
 
 
 def run_live(source: str, classifier: Classifier, window: float = 2.0, stride: float = 0.5,
-             show: bool = False, write: Path | None = None, say=print) -> dict:
-    """Classify the face in ``source`` as it plays; returns the timing and predictions.
+             show: bool = False, write: Path | None = None, say=print, faces: str = "all",
+             detect_every: float = 1.0) -> dict:
+    """Classify every face in ``source`` as it plays; returns the timing and predictions.
 
     ``say`` receives each output line (probabilities, notes, the final report).
     """
     from ..vision.detect import detector_from_params
-    from .predict import FaceSampler
+    from .predict import FACES, FaceSampler
 
     if window <= 0 or stride <= 0:
         raise ConfigError("--window and --stride must be positive seconds")
+    if faces not in FACES:
+        raise ConfigError(f"--faces {faces!r} is not one of {', '.join(FACES)}",
+                          hint="all: every face with its own id; largest: the largest face")
     capture, camera = open_source(str(source))
     fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
     fps_note = ""
@@ -226,12 +236,13 @@ def run_live(source: str, classifier: Classifier, window: float = 2.0, stride: f
     detect, track = classifier.config["detect"], classifier.config["track"]
     sampler = FaceSampler(detector_from_params(detect), track["tracker"], detect["extend_px"],
                           track["size"], track["color"], every=1,
-                          smooth=track.get("smooth", 0.0))  # as `fer track` and predict
-    live = LiveWindow(max(1, round(window * fps)))
+                          smooth=track.get("smooth", 0.0), faces=faces,
+                          detect_every=max(1, round(detect_every * fps)))  # as predict
+    window_frames = max(1, round(window * fps))
     stride_frames = max(1, round(stride * fps))
     blank = np.zeros(_crop_shape(track), np.uint8)
     classifier.predict([blank], [blank])  # build the graph first
-    onset: list[np.ndarray] = []  # the first face crops: identity runs' neutral baseline
+    persons: dict[int, LivePerson] = {}
     current: dict = {}
 
     def frames() -> Iterator[np.ndarray]:
@@ -239,7 +250,7 @@ def run_live(source: str, classifier: Classifier, window: float = 2.0, stride: f
             current["frame"] = frame
             yield frame
 
-    predictions, probabilities, status = [], None, "looking for a face"
+    predictions: list[dict] = []
     say(f"live: {classifier.name} ({classifier.kind}: {classifier.path}) on {source}, "
         f"{fps:g} fps{fps_note}; window {window:g} s, a prediction every {stride:g} s")
     size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
@@ -248,26 +259,29 @@ def run_live(source: str, classifier: Classifier, window: float = 2.0, stride: f
     try:
         with video_writer(write, size, fps) as writer:
             try:
-                for sample, face in sampler.samples(frames()):
-                    face = face if face is None or face.ndim == 3 else face[..., None]
-                    live.add(face)
-                    if face is not None and len(onset) < BASELINE_FRAMES:
-                        onset.append(face)
-                    if (sample.frame + 1) % stride_frames == 0:
-                        seconds = (sample.frame + 1) / fps
-                        if live.ready():
-                            probabilities = classifier.predict(live.faces(), onset)
-                            best = classifier.classes[int(np.argmax(probabilities))]
-                            predictions.append({"seconds": round(seconds, 3), "label": best,
-                                                "probabilities": [round(float(p), 6)
-                                                                  for p in probabilities]})
-                            say(probability_line(seconds, probabilities, classifier.classes))
-                        else:
-                            probabilities, status = None, "no face"
+                for index, found in sampler.samples(frames()):
+                    boxes = {}
+                    for sample, face in found:
+                        person = persons.setdefault(sample.person,
+                                                    LivePerson(LiveWindow(window_frames)))
+                        person.add(face if face.ndim == 3 else face[..., None])
+                        boxes[sample.person] = sample.box
+                    for number, person in persons.items():
+                        if number not in boxes:
+                            person.window.add(None)
+                    if (index + 1) % stride_frames == 0:
+                        seconds = (index + 1) / fps
+                        lines = [person.predict(classifier, seconds, number)
+                                 for number, person in sorted(persons.items())]
+                        for person_line in filter(None, lines):
+                            say(person_line)
+                        predictions += [p.last for p, line in zip(
+                            (persons[n] for n in sorted(persons)), lines) if line]
+                        if not any(lines):
                             say(f"{seconds:7.2f} s  no face in half the window")
                     if writer is not None or show:
-                        frame = draw_overlay(current["frame"], sample.box, probabilities,
-                                             classifier.classes, status)
+                        frame = draw_overlay(current["frame"], boxes, persons,
+                                             classifier.classes)
                         if writer is not None:
                             writer.write(frame)
                         if show and _show(frame):
@@ -282,8 +296,8 @@ def run_live(source: str, classifier: Classifier, window: float = 2.0, stride: f
     frames_read = sampler.frames_read
     summary = {"source": str(source), "camera": camera, "run": classifier.name,
                "kind": classifier.kind, "model": str(classifier.path), "fps": fps,
-               "frames": frames_read, "face_frames": sampler.counts["detect"]
-               + sampler.counts["track"], "detections": sampler.counts["detect"],
+               "frames": frames_read, "face_frames": sampler.face_frames,
+               "detections": sampler.counts["detect"], "persons": len(persons),
                "predictions": predictions, "wall_seconds": round(wall, 3),
                "video_seconds": round(frames_read / fps, 3),
                "frames_per_second": round(frames_read / max(wall, 1e-9), 2),
@@ -291,34 +305,40 @@ def run_live(source: str, classifier: Classifier, window: float = 2.0, stride: f
                "written": str(write) if write else None}
     say(f"live: {frames_read} frames ({summary['video_seconds']:.1f} s of video) in "
         f"{wall:.1f} s: {summary['frames_per_second']:.1f} frames/s, real-time factor "
-        f"{summary['realtime_factor']:.2f}; {len(predictions)} predictions")
+        f"{summary['realtime_factor']:.2f}; {len(persons)} person(s), "
+        f"{len(predictions)} predictions")
     return summary
+
+
+@dataclass
+class LivePerson:
+    """One person's recent face crops, neutral onset and latest prediction."""
+
+    window: LiveWindow
+    onset: list = field(default_factory=list)  # first face crops: identity runs' baseline
+    probabilities: np.ndarray | None = None
+    last: dict = field(default_factory=dict)
+
+    def add(self, face: np.ndarray) -> None:
+        self.window.add(face)
+        if len(self.onset) < BASELINE_FRAMES:
+            self.onset.append(face)
+
+    def predict(self, classifier: Classifier, seconds: float, number: int) -> str | None:
+        """A prediction line when the window holds the face often enough, else None."""
+        if not self.window.ready():
+            self.probabilities = None
+            return None
+        self.probabilities = classifier.predict(self.window.faces(), self.onset)
+        best = classifier.classes[int(np.argmax(self.probabilities))]
+        self.last = {"seconds": round(seconds, 3), "person": number, "label": best,
+                     "probabilities": [round(float(p), 6) for p in self.probabilities]}
+        return f"P{number} " + probability_line(seconds, self.probabilities,
+                                                classifier.classes)
 
 
 def _crop_shape(track: dict) -> tuple[int, ...]:
     return (track["size"], track["size"], 3 if track["color"] else 1)
-
-
-@contextmanager
-def video_writer(path: Path | None, size: tuple[int, int], fps: float):
-    """cv2.VideoWriter into a temporary name, renamed into place when the loop ends."""
-    if path is None:
-        yield None
-        return
-    path = Path(path)
-    codec = VIDEO_CODECS.get(path.suffix.lower())
-    if codec is None:
-        raise ConfigError(f"cannot write {path.suffix or 'files without a suffix'}",
-                          hint=f"Use one of: {', '.join(VIDEO_CODECS)}")
-    with atomic_path(path) as tmp:
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), fps, size)
-        if not writer.isOpened():
-            raise FerError(f"cannot open a {codec} video writer", path=path,
-                           hint="Check that the folder is writable, or try .avi")
-        try:
-            yield writer
-        finally:
-            writer.release()
 
 
 def _show(frame: np.ndarray) -> bool:

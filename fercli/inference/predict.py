@@ -1,31 +1,30 @@
 """`fer predict`: apply finalized models (or a fusion of them) to new videos of any length.
 
 The preprocessing of training is replayed on each new video, frame for frame: the run's
-face detector finds the face, its tracker follows it (thesis 3.2.1; paper 000 sec. 2.2) and
-each face is cut out with ``crop_face`` at ``track.size``/``track.color``, so the model sees
-the pixels it saw in training. Wild videos (long, several faces, cuts) differ from
-BU-4DFE clips, so the "detect once, then track" rule of ``fer detect`` becomes a loop
-(seed 004 samples a long video and tallies per-frame emotions, Algorithm 1):
-
-- every ``every``-th frame is looked at (seed 004 took about one frame in twenty);
-- with no face tracked, the frame is searched with the detector. Exactly one face starts
-  the tracker; several faces give no face for that frame (status ``several faces``), since
-  picking one of two speakers at random would mix two people's expressions in one
-  sequence; none gives ``no face``;
-- a tracker that fails (the face left, or a camera cut) is dropped and the same frame is
-  searched again, and every sampled frame after it until a face is found.
+face detector finds the faces, its tracker follows them (thesis 3.2.1; paper 000 sec. 2.2)
+and each face is cut out with ``crop_face`` at ``track.size``/``track.color``, so the model
+sees the pixels it saw in training. Wild videos (long, several faces, cuts) differ from
+BU-4DFE clips: seed 004 wants an emotion distribution per debate candidate, so every face
+is followed as a person with its own id (fercli.vision.faces: detection every
+``--detect-every`` seconds, association by overlap, re-linking by appearance after a cut or
+an occlusion) and every person gets their own prediction. ``--faces largest`` keeps only
+the largest face of each frame. Every ``every``-th frame is looked at (seed 004 took about
+one frame in twenty). A person seen in fewer sampled frames than the shortest training
+sequence is reported as ``too short``, with no label.
 
 Two ways to read a video:
 
-- whole-video mode: the face frames are trimmed with the run's Algorithm 1 parameters on
-  motion scores (as ``fer trim``), the kept frames are padded or truncated to the model's
-  ``max_frames`` and predicted once. Only face boxes are held during the first pass; a
-  second decode crops just the frames the model reads, so any length fits in memory;
+- whole-video mode: each person's face frames are trimmed with the run's Algorithm 1
+  parameters on motion scores (as ``fer trim``), the kept frames are padded or truncated
+  to the model's ``max_frames`` and predicted once. Only face boxes and scores are held
+  during the first pass; a second decode crops just the frames the model reads;
 - window mode: sliding windows of ``window`` seconds every ``stride`` seconds; each
-  window with faces in at least half its sampled frames is predicted (no trimming inside a
-  window). Windows stream: features of one window length plus one prediction batch are
-  held at a time. The per-video result is the majority label over windows (seed 004,
-  Algorithm 1, with windows in place of frames) and the share of windows per label.
+  person's window with their face in at least half its sampled frames is predicted (no
+  trimming inside a window). Windows stream: features of one window length per person
+  plus one prediction batch are held at a time; faces of all persons share backbone
+  batches and windows share prediction batches. A person's result is the majority label
+  over their windows (seed 004, Algorithm 1, with windows in place of frames) and the share
+  of windows per label.
 
 Feature models get per-frame features from the run's backbone in batches, rounded through
 ``extract.dtype`` as the feature store held them; clip models get the face resized and
@@ -49,10 +48,10 @@ from ..core.errors import ConfigError, InputError, ItemError
 from ..core.workspace import atomic_write_json, read_json, write_csv
 from ..features.identity import BASELINE_FRAMES
 from ..learning.fusion import METHODS, fuse_scores
-from ..vision.detect import Box, FaceDetector, detector_from_params, extend_box
+from ..vision.detect import Box, FaceDetector, detector_from_params
 from ..vision.media import is_sequence_dir, iter_frames, sequence_frames
-from ..vision.track import BoxSmoother, FaceTracker, crop_face
-from ..vision.trim import motion_scores, trim_clip
+from ..vision.track import BoxSmoother, crop_face
+from ..vision.trim import MotionScorer, trim_clip
 from .encoders import ClipEncoder, FeatureEncoder, baseline_key, model_inputs, with_baseline
 from .records import PredictRecords, run_fingerprint, shard_of
 from .runs import RUN_FILES, FinalizedRun, load_run, run_config
@@ -60,8 +59,11 @@ from .runs import RUN_FILES, FinalizedRun, load_run, run_config
 DEFAULT_VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov")
 PREDICT_BATCH = 16  # sequences per forward pass (windows of hours of video stream through)
 TRIM_KEYS = ("min_frames_end", "threshold_ratio", "max_cut_ratio", "anomaly_last_frames")
-SUMMARY_COLUMNS = ["video", "status", "reason", "label", "confidence", "n_windows"]
+SUMMARY_COLUMNS = ["video", "person", "status", "reason", "label", "confidence", "n_windows",
+                   "face_frames"]
 LIST_SUFFIXES = (".txt", ".list", ".lst")  # a file of video paths, one per line
+FACES = ("all", "largest")
+ANNOTATED = "annotated.mp4"
 
 
 # --------------------------------------------------------------------------- label map
@@ -144,72 +146,81 @@ def check_runs(runs: Sequence[FinalizedRun]) -> None:
 # --------------------------------------------------------------------------- face sampling
 @dataclass(frozen=True)
 class FaceSample:
-    """One sampled frame: its index in the video, how its face was found, the box."""
+    """One face of a sampled frame: the frame's index, whose face it is, how it was found."""
 
     frame: int
-    status: str  # detect | track | no face | several faces
-    box: Box | None
+    person: int
+    source: str  # detect | track
+    box: Box
 
 
 class FaceSampler:
-    """Detect when searching, track otherwise, over every ``every``-th frame (see module doc).
+    """Every face of every ``every``-th frame with its person id (fercli.vision.faces), each
+    cut out as `fer track` cuts its clips (``crop_face`` at track.size/track.color).
 
-    ``frames_read`` and ``counts`` (statuses, plus ``lost`` tracker failures) fill in as
-    ``samples`` is consumed.
+    ``frames_read``, ``sampled``, ``face_frames`` and ``counts`` (the tracker's: detections,
+    cuts, lost, relinked) fill in as ``samples`` is consumed; ``boxes``, when given, gets
+    each sampled frame's [(person, box)] (for ``--write``).
     """
 
     def __init__(self, detector: FaceDetector, tracker: str, extend_px: int, size: int,
-                 color: bool, every: int, smooth: float = 0.0):
-        self.detector = detector
+                 color: bool, every: int, smooth: float = 0.0, faces: str = "all",
+                 detect_every: int = 10, boxes: dict | None = None):
+        from ..vision.faces import PersonTracker
+
+        self.persons = PersonTracker(detector, tracker, extend_px, detect_every=detect_every,
+                                     faces=faces)
         # track.smooth as `fer track` applies it; a box every Nth frame is not a steady
         # stream, so only every-frame sampling is smoothed
-        self.smoother = BoxSmoother(smooth if every == 1 else 0.0)
-        self.tracker_name = tracker
-        self.extend_px = extend_px
+        self.smooth = smooth if every == 1 else 0.0
+        self.smoothers: dict[int, BoxSmoother] = {}
         self.size = size
         self.color = color
         self.every = every
         self.frames_read = 0
-        self.counts: Counter = Counter()
+        self.sampled = 0
+        self.face_frames = 0
+        self.boxes = boxes
+
+    @property
+    def counts(self) -> Counter:
+        return self.persons.counts
 
     def samples(self, frames: Iterable[np.ndarray]
-                ) -> Iterator[tuple[FaceSample, np.ndarray | None]]:
-        tracker = None
+                ) -> Iterator[tuple[int, list[tuple[FaceSample, np.ndarray]]]]:
+        """(frame index, [(sample, face crop)]) for each sampled frame, persons in id order."""
         for index, frame in enumerate(frames):
             self.frames_read = index + 1
             if index % self.every:
                 continue
-            box = None
-            if tracker is not None:
-                box = tracker.locate(frame)  # sub-pixel, as `fer track` cuts its clips
-                status = "track"
-                if box is None:
-                    tracker = None
-                    self.counts["lost"] += 1
-                else:
-                    box = self.smoother.update(box, frame.shape[1], frame.shape[0])
-            if tracker is None:
-                boxes = self.detector.detect(frame)
-                status = "no face" if not boxes else "several faces"
-                if len(boxes) == 1:
-                    height, width = frame.shape[:2]
-                    box = extend_box(boxes[0], self.extend_px, width, height)
-                    tracker = FaceTracker(self.tracker_name, box)
-                    tracker.start(frame, box)
-                    self.smoother.reset(box)
-                    status = "detect"
-            self.counts[status] += 1
-            face = crop_face(frame, box, self.size, self.color) if box is not None else None
-            yield FaceSample(index, status, box), face
+            self.sampled += 1
+            faces = []
+            for seen in self.persons.observe(frame):
+                box = self._smoothed(seen, frame)
+                faces.append((FaceSample(index, seen.person, seen.source, box),
+                              crop_face(frame, box, self.size, self.color)))
+            self.face_frames += bool(faces)
+            if self.boxes is not None and faces:
+                self.boxes[index] = [(s.person, s.box) for s, _ in faces]
+            yield index, faces
+
+    def _smoothed(self, seen, frame: np.ndarray) -> Box:
+        if not self.smooth:
+            return seen.box
+        smoother = self.smoothers.get(seen.person)
+        if smoother is None or seen.source == "detect":
+            self.smoothers[seen.person] = smoother = BoxSmoother(self.smooth)
+            return smoother.reset(seen.box)
+        return smoother.update(seen.box, frame.shape[1], frame.shape[0])
 
 
-def crops_at(frames: Iterable[np.ndarray], boxes: Mapping[int, Box], size: int,
-             color: bool) -> Iterator[np.ndarray]:
-    """Re-cut recorded boxes from a second decode; stops after the last one needed."""
-    last = max(boxes)
+def crops_at(frames: Iterable[np.ndarray], wanted: Mapping[int, Mapping[int, Box]], size: int,
+             color: bool) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(frame, person, crop) of recorded boxes from a second decode; stops after the last."""
+    last = max(wanted)
     for index, frame in enumerate(frames):
-        if index in boxes:
-            yield crop_face(frame, boxes[index], size, color)
+        for person, box in wanted.get(index, {}).items():
+            yield index, person, crop_face(frame, box, size, color)
         if index >= last:
             return
 
@@ -238,6 +249,13 @@ class WindowSpec:
     def times(self, k: int) -> tuple[float, float]:
         return k * self.stride, k * self.stride + self.window
 
+    def first_holding(self, frame: int) -> int:
+        """The first window whose frames reach ``frame``."""
+        k = max(0, math.floor((frame / self.fps - self.window) / self.stride) - 1)
+        while self.bounds(k)[1] <= frame:
+            k += 1
+        return k
+
 
 def sampled_in(start: int, end: int, every: int) -> int:
     """How many frames of [start, end) are sampled (multiples of ``every``)."""
@@ -250,79 +268,98 @@ class Window:
     end_s: float
     sampled: int
     faces: int
-    several: int
     codes: dict = field(default_factory=dict)  # encoder key -> (T, ...) per-frame inputs
 
     @property
     def status(self) -> str:
-        """ok with faces in at least half the sampled frames; else the commoner failure."""
-        if self.sampled and 2 * self.faces >= self.sampled:
-            return "ok"
-        no_face = self.sampled - self.faces - self.several
-        return "several faces" if self.several > no_face else "no face"
+        """ok with the person's face in at least half the sampled frames, else no face."""
+        return "ok" if self.sampled and 2 * self.faces >= self.sampled else "no face"
 
 
-def stream_windows(samples: Iterable[tuple[FaceSample, np.ndarray | None]], encoders: dict,
-                   spec: WindowSpec, every: int, sampler: FaceSampler) -> Iterator[Window]:
-    """Complete windows as soon as the stream passes their end; faces encoded in batches.
+class PersonWindows:
+    """One person's windows, from the first that holds their first face to the video's end.
 
-    Held at a time: the frames of the windows still open plus one encoder batch. Only
-    whole windows are returned, except for a video shorter than one window, which gives
-    one window of its own length.
+    Entries are ``[frame, {encoder key: code} | None]``, filled in when their batch is
+    encoded; a window is made once every entry before its end is encoded.
     """
-    entries: deque = deque()  # [frame, status, {key: code} | None]
-    pending: list = []  # (entry, face) awaiting encoding
-    onset: dict = {key: [] for key in encoders}  # the video's first face codes (baseline)
-    batch = min(e.batch_size for e in encoders.values())
-    k = 0
 
-    def encode() -> None:
-        faces = [face for _, face in pending]
-        for key, encoder in encoders.items():
-            for (entry, _), code in zip(pending, encoder.encode(faces)):
-                entry[2] = entry[2] or {}
-                entry[2][key] = code
-                if len(onset[key]) < BASELINE_FRAMES:
-                    onset[key].append(code)
-        pending.clear()
+    def __init__(self, spec: WindowSpec, every: int, first_frame: int, encoders: dict):
+        self.spec = spec
+        self.every = every
+        self.entries: deque = deque()
+        self.k = spec.first_holding(first_frame)
+        self.made = 0
+        self.onset: dict = {key: [] for key in encoders}  # the person's first face codes
 
-    def close(upto: int) -> Iterator[Window]:
-        nonlocal k
+    def close(self, upto: int) -> Iterator[Window]:
+        """Every window that ends at or before frame ``upto``."""
         while True:
-            start, end = spec.bounds(k)
+            start, end = self.spec.bounds(self.k)
             if end > upto:
                 return
-            yield make_window(k, start, end)
-            k += 1
-            next_start = spec.bounds(k)[0]
-            while entries and entries[0][0] < next_start:
-                entries.popleft()
+            yield self.make(start, end, self.spec.times(self.k))
+            self.k += 1
+            next_start = self.spec.bounds(self.k)[0]
+            while self.entries and self.entries[0][0] < next_start:
+                self.entries.popleft()
 
-    def make_window(index: int, start: int, end: int, times=None) -> Window:
-        inside = [e for e in entries if start <= e[0] < end]
-        coded = [e[2] for e in inside if e[2] is not None]
-        window = Window(*(times or spec.times(index)), sampled_in(start, end, every),
-                        len(coded), sum(e[1] == "several faces" for e in inside))
+    def make(self, start: int, end: int, times: tuple[float, float]) -> Window:
+        self.made += 1
+        coded = [e[1] for e in self.entries if start <= e[0] < end and e[1] is not None]
+        window = Window(*times, sampled_in(start, end, self.every), len(coded))
         if coded and window.status == "ok":
             window.codes = with_baseline(
-                {key: np.stack([c[key] for c in coded]) for key in encoders},
-                {key: np.stack(codes) for key, codes in onset.items()})
+                {key: np.stack([c[key] for c in coded]) for key in self.onset},
+                {key: np.stack(codes) for key, codes in self.onset.items()})
         return window
 
-    for sample, face in samples:
-        entry = [sample.frame, sample.status, None]
-        entries.append(entry)
-        if face is not None:
-            pending.append((entry, face))
+
+def stream_windows(samples: Iterable[tuple[int, list[tuple[FaceSample, np.ndarray]]]],
+                   encoders: dict, spec: WindowSpec, every: int,
+                   sampler: FaceSampler) -> Iterator[tuple[int, Window]]:
+    """(person, window) as soon as the stream passes the window's end; the faces of all
+    persons are encoded together in batches.
+
+    Held at a time: each person's frames of the windows still open plus one encoder batch.
+    A video shorter than one window gives each person one window of the video's length.
+    """
+    persons: dict[int, PersonWindows] = {}
+    pending: list = []  # (person, entry, face) awaiting encoding
+    batch = min(e.batch_size for e in encoders.values())
+
+    def encode() -> None:
+        faces = [face for _, _, face in pending]
+        for key, encoder in encoders.items():
+            for (person, entry, _), code in zip(pending, encoder.encode(faces)):
+                entry[1] = entry[1] or {}
+                entry[1][key] = code
+                onset = persons[person].onset[key]
+                if len(onset) < BASELINE_FRAMES:
+                    onset.append(code)
+        pending.clear()
+
+    def close(upto: int) -> Iterator[tuple[int, Window]]:
+        for person, windows in persons.items():
+            for window in windows.close(upto):
+                yield person, window
+
+    for frame, faces in samples:
+        for sample, face in faces:
+            if sample.person not in persons:
+                persons[sample.person] = PersonWindows(spec, every, frame, encoders)
+            entry = [frame, None]
+            persons[sample.person].entries.append(entry)
+            pending.append((sample.person, entry, face))
         if len(pending) >= batch:
             encode()
-        yield from close(pending[0][0][0] if pending else sample.frame + 1)
+        yield from close(pending[0][1][0] if pending else frame + 1)
     if pending:
         encode()
     n_frames = sampler.frames_read
     yield from close(n_frames)
-    if k == 0 and n_frames:
-        yield make_window(0, 0, n_frames, (0.0, n_frames / spec.fps))
+    if n_frames and spec.bounds(0)[1] > n_frames:
+        for person, windows in persons.items():
+            yield person, windows.make(0, n_frames, (0.0, n_frames / spec.fps))
 
 
 # --------------------------------------------------------------------------- prediction
@@ -482,24 +519,41 @@ def video_meta(path: Path, sequence_fps: float) -> tuple[float, int | None]:
 # --------------------------------------------------------------------------- one video
 @dataclass
 class Settings:
-    """How a video is read: every n-th frame, whole (window None) or in windows (seconds)."""
+    """How a video is read: every n-th frame, whole (window None) or in windows (seconds),
+    which faces (all, or the largest of each frame), how often the detector looks for new
+    faces (seconds), and whether an annotated copy is written."""
 
     every: int
     window: float | None
     stride: float | None
+    faces: str = "all"
+    detect_every: float = 1.0
+    write: bool = False
+
+
+PERSON_SUMMARY = ("status", "reason", "label", "confidence", "probabilities", "mapped_label",
+                  "mapped_probabilities", "n_windows")
 
 
 def predict_video(path: Path, predictor: Predictor, detector: FaceDetector,
-                  settings: Settings, fps: float, advance=None) -> dict:
-    """Predict one video; ItemError for an unreadable one (the caller records it).
+                  settings: Settings, fps: float, advance=None,
+                  boxes: dict | None = None) -> dict:
+    """Predict every person of one video; ItemError for an unreadable one (the caller
+    records it). ``advance`` is called once per decoded frame (progress display); ``boxes``,
+    when given, receives every sampled frame's (person, box) list (for ``--write``).
 
-    ``advance`` is called once per decoded frame (progress display).
+    The result lists ``persons`` (each with its own status, label, windows or trim); its
+    top-level label and status are those of the main person: of the persons with a
+    prediction, the one seen in most sampled frames.
     """
     config = predictor.runs[0].config
     track = config["track"]
     sampler = FaceSampler(detector, track["tracker"], config["detect"]["extend_px"],
                           track["size"], track["color"], settings.every,
-                          smooth=track.get("smooth", 0.0))
+                          smooth=track.get("smooth", 0.0), faces=settings.faces,
+                          detect_every=max(1, round(settings.detect_every * fps
+                                                    / settings.every)),
+                          boxes=boxes)
 
     def frames() -> Iterator[np.ndarray]:
         for frame in iter_frames(path):
@@ -507,7 +561,9 @@ def predict_video(path: Path, predictor: Predictor, detector: FaceDetector,
                 advance()
             yield frame
 
+    seen: dict[int, list[int]] = {}  # person -> [sampled frames with the face, first, last]
     started = time.perf_counter()
+    samples = _tally(sampler.samples(frames()), seen)
     if settings.window:
         spec = WindowSpec(settings.window, settings.stride, fps)
         start, end = spec.bounds(0)
@@ -515,118 +571,150 @@ def predict_video(path: Path, predictor: Predictor, detector: FaceDetector,
             raise ConfigError(f"a {settings.window} s window holds no sampled frame at "
                               f"{fps:g} fps with every {settings.every}", path=path,
                               hint="Lengthen the window or lower --every")
-        result = _windows(sampler.samples(frames()), predictor, spec, settings, sampler)
+        persons = _windows(samples, predictor, spec, settings, sampler)
     else:
-        result = _whole(path, sampler, frames, predictor)
+        persons = _whole(path, samples, predictor)
     seconds = time.perf_counter() - started
+    shortest = max(run.min_frames for run in predictor.runs)
+    listed = []
+    for person in sorted(persons):
+        count, first, last = seen[person]
+        entry = {"person": person, "face_frames": count, "first_s": round(first / fps, 3),
+                 "last_s": round(last / fps, 3), **persons[person]}
+        if entry["status"] == "ok" and count < shortest:
+            _too_short(entry, shortest)
+        listed.append(entry)
     counts = sampler.counts
+    result = _video_status(listed, sampler)
     result.update({
-        "fps": fps, "frames": sampler.frames_read,
-        "sampled_frames": sum(counts[s] for s in ("detect", "track", "no face",
-                                                   "several faces")),
-        "face_frames": counts["detect"] + counts["track"],
+        "fps": fps, "frames": sampler.frames_read, "sampled_frames": sampler.sampled,
+        "face_frames": sampler.face_frames, "faces": settings.faces,
         "detections": counts["detect"], "tracker_lost": counts["lost"],
-        "several_faces_frames": counts["several faces"],
+        "cuts": counts["cut"], "relinked": counts["relinked"],
+        "n_persons": len(listed), "persons": listed,
         "timing": {"seconds": round(seconds, 3),
                    "frames_per_second": round(sampler.frames_read / max(seconds, 1e-9), 1)}})
-    if result["status"] in ("no face", "several faces"):
-        result["reason"] = _faceless_reason(result["status"], result["sampled_frames"],
-                                            counts["several faces"], result["face_frames"])
-    shortest = max(run.min_frames for run in predictor.runs)
-    if result["status"] == "ok" and result["face_frames"] < shortest:
-        result.update(status="too short", reason=(
-            f"{result['face_frames']} face frame(s); the model learnt from sequences of at "
-            f"least {shortest} frames, so its answer would be chance. Give a longer video "
-            "(a still needs a model trained on stills, index.stills=true)"))
-        for key in ("label", "confidence", "probabilities", "mapped_label",
-                    "mapped_probabilities", "distribution", "mapped_distribution"):
-            result.pop(key, None)
-        for window in result.get("windows", []):  # no window's label means more
-            for key in ("label", "confidence", "probabilities", "mapped_label",
-                        "mapped_probabilities"):
-                window.pop(key, None)
-            window["status"] = "too short" if window["status"] == "ok" else window["status"]
     return result
 
 
-def _faceless_status(counts: Counter) -> str:
-    return "several faces" if counts["several faces"] else "no face"
+def _tally(samples, seen: dict[int, list[int]]):
+    """Pass samples through, counting each person's sampled face frames, first and last."""
+    for frame, faces in samples:
+        for sample, _ in faces:
+            if sample.person in seen:
+                tally = seen[sample.person]
+                tally[0] += 1
+                tally[2] = frame
+            else:
+                seen[sample.person] = [1, frame, frame]
+        yield frame, faces
 
 
-def _faceless_reason(status: str, sampled: int, several: int, faces: int) -> str:
-    if faces:  # window mode: faces were found, but in no window often enough
-        return (f"no window had a single face in half its sampled frames ({faces} of "
-                f"{sampled} sampled frames had one). Try a longer --window")
-    if status == "several faces":
-        return (f"{several} of {sampled} sampled frames showed several faces and none a single "
-                "one. Crop the video to one person")
-    return (f"no face found in {sampled} sampled frames. Try detect.detector=yunet or a lower "
-            "detect.min_neighbors")
+def _too_short(entry: dict, shortest: int) -> None:
+    """A person seen too briefly for the model: reported, with no label."""
+    entry.update(status="too short", reason=(
+        f"person {entry['person']} was seen in {entry['face_frames']} sampled frame(s); the "
+        f"model learnt from sequences of at least {shortest} frames, so its answer would be "
+        "chance. Give a longer video or a lower --every (a still needs a model trained on "
+        "stills, index.stills=true)"))
+    for key in ("label", "confidence", "probabilities", "mapped_label",
+                "mapped_probabilities", "distribution", "mapped_distribution"):
+        entry.pop(key, None)
+    for window in entry.get("windows", []):  # no window's label means more
+        for key in ("label", "confidence", "probabilities", "mapped_label",
+                    "mapped_probabilities"):
+            window.pop(key, None)
+        window["status"] = "too short" if window["status"] == "ok" else window["status"]
 
 
-def _whole(path: Path, sampler: FaceSampler, frames, predictor: Predictor) -> dict:
-    """Trim the face frames (Algorithm 1 on motion), predict the kept ones once."""
-    boxes: list[tuple[int, Box]] = []
+def _video_status(persons: list[dict], sampler: FaceSampler) -> dict:
+    """The video's status and label: its main person's (see ``predict_video``)."""
+    if not persons:
+        return {"status": "no face", "reason": (
+            f"no face found in {sampler.sampled} sampled frames. Try detect.detector=yunet or "
+            "a lower detect.min_neighbors")}
+    predicted = [p for p in persons if p["status"] == "ok"]
+    main = max(predicted or persons, key=lambda p: (p["face_frames"], -p["person"]))
+    return {"main_person": main["person"],
+            **{key: main[key] for key in PERSON_SUMMARY if key in main}}
 
-    def faces() -> Iterator[np.ndarray]:
-        for sample, face in sampler.samples(frames()):
-            if face is not None:
-                boxes.append((sample.frame, sample.box))
-                yield face
 
-    stream = faces()
-    first = next(stream, None)
-    if first is None:
-        return {"status": _faceless_status(sampler.counts)}
-    scores = motion_scores(chain([first], stream))
+def _whole(path: Path, samples, predictor: Predictor) -> dict[int, dict]:
+    """Per person: trim the face frames (Algorithm 1 on motion), predict the kept ones once.
+
+    Only boxes and one motion score per face frame are held during the first read; a
+    second decode cuts out just the frames each model reads.
+    """
+    boxes: dict[int, list[tuple[int, Box]]] = {}
+    scorers: dict[int, MotionScorer] = {}
+    for frame, faces in samples:
+        for sample, face in faces:
+            boxes.setdefault(sample.person, []).append((frame, sample.box))
+            scorers.setdefault(sample.person, MotionScorer()).add(face)
+    if not boxes:
+        return {}
     params = predictor.runs[0].config["trim"]
-    trim = trim_clip(scores, shape=params.get("shape", "onset-apex-offset"),
-                     **{k: params[k] for k in TRIM_KEYS})
     longest = max(run.max_frames for run in predictor.runs)
-    last = min(trim.last, trim.first + longest - 1)
-    wanted = dict(boxes[trim.first:last + 1])
-    onset_frames = [frame for frame, _ in boxes[:BASELINE_FRAMES]]  # neutral onset
-    needed = {**dict(boxes[:BASELINE_FRAMES]), **wanted}
+    plans, wanted = {}, {}
+    for person, person_boxes in boxes.items():
+        trim = trim_clip(scorers[person].scores(),
+                         shape=params.get("shape", "onset-apex-offset"),
+                         **{k: params[k] for k in TRIM_KEYS})
+        kept = person_boxes[trim.first:min(trim.last, trim.first + longest - 1) + 1]
+        onset = person_boxes[:BASELINE_FRAMES]  # the person's neutral onset
+        for frame, box in chain(onset, kept):
+            wanted.setdefault(frame, {})[person] = box
+        plans[person] = (trim, [f for f, _ in kept], [f for f, _ in onset])
     track = predictor.runs[0].config["track"]
-    read = dict(zip(sorted(needed), crops_at(iter_frames(path), needed, track["size"],
-                                             track["color"])))
-    if len(read) != len(needed):
-        raise ItemError(f"the second read gave {len(read)} of {len(needed)} face frames",
+    read = {(frame, person): crop for frame, person, crop
+            in crops_at(iter_frames(path), wanted, track["size"], track["color"])}
+    needed = sum(len(v) for v in wanted.values())
+    if len(read) != needed:
+        raise ItemError(f"the second read gave {len(read)} of {needed} face frames",
                         path=path, hint="The file changed or decodes inconsistently; copy it")
-    crops = [read[frame] for frame in sorted(wanted)]
-    onset_crops = [read[frame] for frame in onset_frames]
 
     def encoded(faces, encoder):
         return np.concatenate([encoder.encode(chunk)
                                for chunk in batched(faces, encoder.batch_size)])
 
-    codes = with_baseline(
-        {key: encoded(crops, encoder) for key, encoder in predictor.encoders.items()},
-        {key: encoded(onset_crops, encoder) for key, encoder in predictor.encoders.items()})
-    per_run = predictor.per_run([codes])
-    probabilities = predictor.fused(per_run)[0]
-    result = {"status": "ok", "reason": "", **predictor.describe(probabilities),
-              "trim": {"status": trim.status, "first": trim.first, "last": trim.last,
-                       "kept_frames": trim.last - trim.first + 1,
-                       "first_video_frame": boxes[trim.first][0],
-                       "last_video_frame": boxes[trim.last][0]},
-              "used_frames": {run.name: min(len(crops), run.max_frames)
-                              for run in predictor.runs}}
-    if len(predictor.runs) > 1:
-        result["run_probabilities"] = {run.name: _named(predictor.classes, p[0])
-                                       for run, p in zip(predictor.runs, per_run)}
-    kept = trim.last - trim.first + 1
-    if kept > longest:
-        note = (f"{kept} frames kept after trimming; the model reads the first {longest}. "
-                "Use --window for long videos")
-        result["notes"] = [note]
-    return result
+    persons = sorted(plans)
+    codes = []
+    for person in persons:
+        _, kept, onset = plans[person]
+        crops = [read[frame, person] for frame in kept]
+        onset_crops = [read[frame, person] for frame in onset]
+        codes.append(with_baseline(
+            {key: encoded(crops, enc) for key, enc in predictor.encoders.items()},
+            {key: encoded(onset_crops, enc) for key, enc in predictor.encoders.items()}))
+    per_run = predictor.per_run(codes)
+    fused = predictor.fused(per_run)
+    results = {}
+    for i, person in enumerate(persons):
+        trim, kept, _ = plans[person]
+        frames_of = boxes[person]
+        result = {"status": "ok", "reason": "", **predictor.describe(fused[i]),
+                  "trim": {"status": trim.status, "first": trim.first, "last": trim.last,
+                           "kept_frames": trim.last - trim.first + 1,
+                           "first_video_frame": frames_of[trim.first][0],
+                           "last_video_frame": frames_of[trim.last][0]},
+                  "used_frames": {run.name: min(len(kept), run.max_frames)
+                                  for run in predictor.runs}}
+        if len(predictor.runs) > 1:
+            result["run_probabilities"] = {run.name: _named(predictor.classes, p[i])
+                                           for run, p in zip(predictor.runs, per_run)}
+        if trim.last - trim.first + 1 > longest:
+            result["notes"] = [f"{trim.last - trim.first + 1} frames kept after trimming; "
+                               f"the model reads the first {longest}. Use --window for long "
+                               "videos"]
+        results[person] = result
+    return results
 
 
 def _windows(samples, predictor: Predictor, spec: WindowSpec, settings: Settings,
-             sampler: FaceSampler) -> dict:
-    """Predict every window with faces; aggregate labels by majority (seed 004)."""
-    rows: list[dict] = []
+             sampler: FaceSampler) -> dict[int, dict]:
+    """Predict every person's windows with their face; aggregate labels by majority (seed
+    004); windows of all persons share prediction batches."""
+    rows: dict[int, list[dict]] = {}
     ready: list[tuple[dict, Window]] = []
 
     def flush() -> None:
@@ -635,32 +723,37 @@ def _windows(samples, predictor: Predictor, spec: WindowSpec, settings: Settings
             row.update(predictor.describe(p))
         ready.clear()
 
-    for window in stream_windows(samples, predictor.encoders, spec, settings.every, sampler):
+    for person, window in stream_windows(samples, predictor.encoders, spec, settings.every,
+                                         sampler):
         row = {"start_s": round(window.start_s, 3), "end_s": round(window.end_s, 3),
                "status": window.status, "sampled_frames": window.sampled,
                "face_frames": window.faces}
-        rows.append(row)
+        rows.setdefault(person, []).append(row)
         if window.status == "ok":
             ready.append((row, window))
             if len(ready) >= PREDICT_BATCH:
                 flush()
     if ready:
         flush()
+    return {person: _person_windows(person_rows, predictor, spec)
+            for person, person_rows in rows.items()}
+
+
+def _person_windows(rows: list[dict], predictor: Predictor, spec: WindowSpec) -> dict:
+    while len(rows) > 1 and rows[-1]["face_frames"] == 0:  # the person has left for good
+        rows.pop()
     predicted = [r for r in rows if r["status"] == "ok"]
     result: dict[str, Any] = {"windows": rows, "n_windows": len(predicted),
                               "window": {"seconds": spec.window, "stride": spec.stride}}
-    notes = []
-    longest = max(w["sampled_frames"] for w in rows) if rows else 0
+    longest = max(w["sampled_frames"] for w in rows)
     short = [r.name for r in predictor.runs if r.max_frames < longest]
     if short:
-        notes.append(f"windows hold up to {longest} sampled frames; run(s) {', '.join(short)} "
-                     "read only the first max_frames. Raise --every or shorten --window")
-    if notes:
-        result["notes"] = notes
+        result["notes"] = [f"windows hold up to {longest} sampled frames; run(s) "
+                           f"{', '.join(short)} read only the first max_frames. Raise --every "
+                           "or shorten --window"]
     if not predicted:
-        status = "several faces" if any(r["status"] == "several faces" for r in rows) \
-            else _faceless_status(sampler.counts)
-        return {**result, "status": status}
+        return {**result, "status": "no face", "reason": (
+            "the face was in no window for half its sampled frames. Try a longer --window")}
     result["status"] = "ok"
     result["reason"] = ""
     result["distribution"] = _distribution(predicted, predictor.classes, "label",
@@ -700,60 +793,93 @@ def _probability_cells(result: dict, key: str, names: Sequence[str]) -> list:
 
 
 def write_outputs(folder: Path, result: dict, predictor: Predictor) -> list[Path]:
-    """prediction.json/.csv, and in window mode timeline.csv/.png, distribution.csv/.png."""
-    from ..reporting.plots import plot_prediction_distribution, plot_prediction_timeline
+    """prediction.json, prediction.csv (a row per person) and, in window mode, timeline and
+    distribution CSVs (a ``person`` column) and figures (a panel row per person)."""
+    from ..reporting.plots import (
+        PersonTimeline,
+        plot_prediction_distribution,
+        plot_prediction_timeline,
+    )
 
     classes = predictor.classes
     mapped = [g for g, _ in predictor.groups] if predictor.groups else []
+    persons = result.get("persons") or []
     written = [folder / "prediction.json", folder / "prediction.csv"]
     atomic_write_json(written[0], result)
-    header = ["video", "status", "label", *classes]
-    row = [result["video"], result["status"], result.get("label", ""),
-           *_probability_cells(result, "probabilities", classes)]
-    if mapped:
-        header += ["mapped_label", *mapped]
-        row += [result.get("mapped_label", ""),
-                *_probability_cells(result, "mapped_probabilities", mapped)]
-    write_csv(written[1], header, [row])
-    windows = result.get("windows")
-    if windows is None:
-        return written
-    header = ["start_s", "end_s", "status", "sampled_frames", "face_frames", "label", *classes]
+    header = ["video", "person", "status", "label", *classes]
     header += ["mapped_label", *mapped] if mapped else []
     lines = []
-    for w in windows:
-        line = [w["start_s"], w["end_s"], w["status"], w["sampled_frames"], w["face_frames"],
-                w.get("label", ""), *_probability_cells(w, "probabilities", classes)]
+    for entry in persons or [result]:
+        line = [result["video"], entry.get("person", ""), entry["status"],
+                entry.get("label", ""), *_probability_cells(entry, "probabilities", classes)]
         if mapped:
-            line += [w.get("mapped_label", ""),
-                     *_probability_cells(w, "mapped_probabilities", mapped)]
+            line += [entry.get("mapped_label", ""),
+                     *_probability_cells(entry, "mapped_probabilities", mapped)]
         lines.append(line)
+    write_csv(written[1], header, lines)
+    windowed = [p for p in persons if "windows" in p]
+    if not windowed:
+        return written
+    header = ["person", "start_s", "end_s", "status", "sampled_frames", "face_frames", "label",
+              *classes]
+    header += ["mapped_label", *mapped] if mapped else []
+    lines = []
+    for person in windowed:
+        for w in person["windows"]:
+            line = [person["person"], w["start_s"], w["end_s"], w["status"],
+                    w["sampled_frames"], w["face_frames"], w.get("label", ""),
+                    *_probability_cells(w, "probabilities", classes)]
+            if mapped:
+                line += [w.get("mapped_label", ""),
+                         *_probability_cells(w, "mapped_probabilities", mapped)]
+            lines.append(line)
     write_csv(folder / "timeline.csv", header, lines)
-    probabilities = np.array([[w["probabilities"][c] for c in classes] if "label" in w
-                              else [np.nan] * len(classes) for w in windows])
     title = Path(result["video"]).name
-    plot_prediction_timeline([w["start_s"] for w in windows], [w["end_s"] for w in windows],
-                             probabilities, [w.get("label") for w in windows], classes,
-                             folder / "timeline.png", title)
+    plot_prediction_timeline([PersonTimeline(
+        f"person {p['person']}", [w["start_s"] for w in p["windows"]],
+        [w["end_s"] for w in p["windows"]],
+        np.array([[w["probabilities"][c] for c in classes] if "label" in w
+                  else [np.nan] * len(classes) for w in p["windows"]]),
+        [w.get("label") for w in p["windows"]]) for p in windowed],
+        classes, folder / "timeline.png", title)
     written += [folder / "timeline.csv", folder / "timeline.png"]
-    groups = []
-    dist_rows = []
-    for level, key, heading in (("class", "distribution", "classes"),
-                                ("mapped", "mapped_distribution", "mapped labels")):
-        dist = result.get(key)
-        if dist is None:
-            continue
-        groups.append((heading, dist["shares"], dist["mean_probabilities"]))
-        dist_rows += [[level, name, dist["counts"][name], dist["shares"][name],
-                       dist["mean_probabilities"][name]] for name in dist["counts"]]
+    figure_rows, dist_rows = [], []
+    for person in windowed:
+        groups = []
+        for level, key, heading in (("class", "distribution", "classes"),
+                                    ("mapped", "mapped_distribution", "mapped labels")):
+            dist = person.get(key)
+            if dist is None:
+                continue
+            groups.append((heading, dist["shares"], dist["mean_probabilities"]))
+            dist_rows += [[person["person"], level, name, dist["counts"][name],
+                           dist["shares"][name], dist["mean_probabilities"][name]]
+                          for name in dist["counts"]]
+        if groups:
+            figure_rows.append((f"person {person['person']} ({person['n_windows']} windows)",
+                                groups))
     write_csv(folder / "distribution.csv",
-              ["level", "label", "windows", "share", "mean_probability"], dist_rows)
+              ["person", "level", "label", "windows", "share", "mean_probability"], dist_rows)
     written.append(folder / "distribution.csv")
-    if groups:
-        plot_prediction_distribution(groups, folder / "distribution.png",
-                                     f"{title}: {result['n_windows']} windows")
+    if figure_rows:
+        plot_prediction_distribution(figure_rows, folder / "distribution.png",
+                                     f"{title}: {len(figure_rows)} person(s) with predictions")
         written.append(folder / "distribution.png")
     return written
+
+
+def summary_rows(result: dict, mapped: bool) -> list[dict]:
+    """One summary row per person of a video (one row for a video without any)."""
+    rows = []
+    for entry in result.get("persons") or [{}]:
+        source = entry or result
+        row = {key: source.get(key, "") for key in SUMMARY_COLUMNS}
+        row.update(video=result["video"], person=entry.get("person", ""),
+                   confidence=source.get("confidence"))
+        if mapped:
+            row["mapped_label"] = source.get("mapped_label", "")
+        rows.append(row)
+    return rows
 
 
 def write_summary(path: Path, rows: Sequence[dict], mapped: bool) -> None:
@@ -761,8 +887,9 @@ def write_summary(path: Path, rows: Sequence[dict], mapped: bool) -> None:
     lines = []
     for r in rows:
         confidence = r.get("confidence")
-        line = [r["video"], r["status"], r.get("reason", ""), r.get("label", ""),
-                "" if confidence is None else f"{confidence:.6f}", r.get("n_windows", "")]
+        line = [r["video"], r.get("person", ""), r["status"], r.get("reason", ""),
+                r.get("label", ""), "" if confidence is None else f"{confidence:.6f}",
+                r.get("n_windows", ""), r.get("face_frames", "")]
         lines.append(line + ([r.get("mapped_label", "")] if mapped else []))
     write_csv(path, header, lines)
 
@@ -772,14 +899,18 @@ def predict_videos(inputs: list[Path], run_dirs: list[Path], out_dir: Path, *,
                    fusion_method: str | None = None, window: float | None = None,
                    stride: float | None = None, every: int = 1,
                    label_map: dict[str, list[str]] | None = None,
-                   shard: tuple[int, int] | None = None, console=None) -> list[dict]:
-    """Predict every input video with one finalized run or a fusion of several.
+                   shard: tuple[int, int] | None = None, faces: str = "all",
+                   detect_every: float = 1.0, write: bool = False,
+                   console=None) -> list[dict]:
+    """Predict every person of every input video with one finalized run or a fusion.
 
     Writes ``out_dir/<video>/prediction.json`` and ``prediction.csv`` (plus timeline and
-    distribution files in window mode) and ``out_dir/summary.csv``; returns one summary
-    row per video (video, status, reason, label, confidence, n_windows, mapped_label). A
-    video that cannot be read or shows no single face gets its status and the others go on.
-    Configuration mistakes (bad run folder, label map, window) raise ConfigError first.
+    distribution files in window mode, ``annotated.mp4`` with ``write``) and
+    ``out_dir/summary.csv`` (a row per person); returns one row per video (its main
+    person's status, label, confidence, n_windows, mapped_label, and ``persons``: a
+    summary row per person). A video that cannot be read or shows no face gets its status
+    and the others go on. Configuration mistakes (bad run folder, label map, window, faces)
+    raise ConfigError first.
     """
     if every < 1:
         raise ConfigError(f"--every must be >= 1, got {every}")
@@ -787,7 +918,13 @@ def predict_videos(inputs: list[Path], run_dirs: list[Path], out_dir: Path, *,
         raise ConfigError("--stride needs --window", hint="Give --window SECONDS too")
     if window is not None and (window <= 0 or (stride is not None and stride <= 0)):
         raise ConfigError("--window and --stride must be positive seconds")
-    settings = Settings(every, window, (stride or window) if window else None)
+    if faces not in FACES:
+        raise ConfigError(f"--faces {faces!r} is not one of {', '.join(FACES)}",
+                          hint="all: every face with its own id; largest: the largest face")
+    if not detect_every > 0:
+        raise ConfigError(f"--detect-every must be positive seconds, got {detect_every}")
+    settings = Settings(every, window, (stride or window) if window else None, faces,
+                        detect_every, write)
     configs = [run_config(Path(r)) for r in run_dirs]
     if label_map:  # checked before anything is written
         label_groups(label_map, read_json(Path(run_dirs[0]) / "classes.json", "classes.json"))
@@ -799,7 +936,8 @@ def predict_videos(inputs: list[Path], run_dirs: list[Path], out_dir: Path, *,
     records = PredictRecords(out_dir, {
         "runs": [run_fingerprint(Path(r), RUN_FILES) for r in run_dirs],
         "fusion": fusion_method, "label_map": label_map, "every": every, "window": window,
-        "stride": settings.stride})
+        "stride": settings.stride, "faces": faces, "detect_every": detect_every,
+        "write": write})
     with records.lock(shard):
         mine = shard_of(list(zip(videos, names)), shard)
         todo = [(video, name) for video, name in mine if not records.done(name, video)]
@@ -821,22 +959,26 @@ def _predict_todo(todo, videos, names, records, run_dirs, fusion_method, label_m
         _say(console, f"[yellow]predict: {note}[/]")
     with _progress(console) as progress:
         for video, name in todo:
-            result = _predict_one(video, predictor, detector, settings, progress)
+            result = _predict_one(video, predictor, detector, settings, progress,
+                                  out_dir / name / ANNOTATED)
             result["notes"] = notes + result.get("notes", [])
             write_outputs(out_dir / name, result, predictor)
-            row = {key: result.get(key, "") for key in SUMMARY_COLUMNS}
-            row["confidence"] = result.get("confidence")
+            persons = summary_rows(result, bool(predictor.groups))
+            row = {**{key: result.get(key, "") for key in SUMMARY_COLUMNS},
+                   "person": result.get("main_person", ""),
+                   "confidence": result.get("confidence"), "persons": persons}
             if predictor.groups:
                 row["mapped_label"] = result.get("mapped_label", "")
             records.write(name, video, row)
             with records.summary_lock():
-                write_summary(out_dir / "summary.csv", records.rows(videos, names),
+                write_summary(out_dir / "summary.csv",
+                              [p for r in records.rows(videos, names) for p in r["persons"]],
                               bool(predictor.groups))
             _say(console, _line(name, result))
 
 
 def _predict_one(video: Path, predictor: Predictor, detector: FaceDetector,
-                 settings: Settings, progress) -> dict:
+                 settings: Settings, progress, annotated: Path) -> dict:
     header = {"video": str(video), "runs": [{"run": r.name, "path": str(r.path),
                                              "model": r.info.get("model"), "weight": r.weight}
                                             for r in predictor.runs],
@@ -845,15 +987,32 @@ def _predict_one(video: Path, predictor: Predictor, detector: FaceDetector,
               "mode": "window" if settings.window else "video", "every": settings.every}
     fps, n_frames = video_meta(video, predictor.runs[0].config["index"]["sequence_fps"])
     task = progress.add_task(video.name, total=n_frames) if progress else None
+    boxes: dict | None = {} if settings.write else None
     try:
         result = predict_video(video, predictor, detector, settings, fps,
-                               (lambda: progress.advance(task)) if progress else None)
+                               (lambda: progress.advance(task)) if progress else None, boxes)
+        if settings.write:
+            from .annotate import write_annotated
+
+            if progress:
+                progress.reset(task, description=f"{video.name} (writing {ANNOTATED})")
+            frames = _advancing(iter_frames(video), progress, task)
+            if write_annotated(frames, annotated, fps, boxes, result["persons"],
+                               settings.every):
+                result["annotated"] = str(annotated)
     except ItemError as exc:
         result = {"status": "unreadable", "reason": str(exc)}
     finally:
         if progress:
             progress.remove_task(task)
     return {**header, **result}
+
+
+def _advancing(frames: Iterable[np.ndarray], progress, task) -> Iterator[np.ndarray]:
+    for frame in frames:
+        if progress:
+            progress.advance(task)
+        yield frame
 
 
 def _progress(console):
@@ -877,6 +1036,8 @@ def _line(name: str, result: dict) -> str:
         return f"{name}: [yellow]{result['status']}[/] {result.get('reason', '')}"
     extra = f", {result['n_windows']} windows" if "n_windows" in result else ""
     mapped = f" ({result['mapped_label']})" if "mapped_label" in result else ""
-    return (f"{name}: {result['label']}{mapped} {result['confidence']:.2f}{extra}, "
+    persons = result["n_persons"]
+    who = f"person {result['main_person']} of {persons}: " if persons > 1 else ""
+    return (f"{name}: {who}{result['label']}{mapped} {result['confidence']:.2f}{extra}, "
             f"{result['frames']} frames in {result['timing']['seconds']:.1f} s")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
@@ -352,59 +353,84 @@ def plot_model_vs_human(classes: Sequence[str], model: Sequence[float | None],
 
 
 # --------------------------------------------------------------------------- prediction figures
-def plot_prediction_timeline(starts: Sequence[float], ends: Sequence[float],
-                             probabilities: np.ndarray, labels: Sequence[str | None],
-                             classes: Sequence[str], path: str | Path, title: str) -> Path:
+@dataclass(frozen=True)
+class PersonTimeline:
+    """One person's windows: start and end times, (N, classes) probabilities (NaN where a
+    window had no prediction) and labels (None there)."""
+
+    name: str
+    starts: Sequence[float]
+    ends: Sequence[float]
+    probabilities: np.ndarray
+    labels: Sequence[str | None]
+
+
+def plot_prediction_timeline(persons: Sequence[PersonTimeline], classes: Sequence[str],
+                             path: str | Path, title: str) -> Path:
     """Per-window class probabilities over time (one line per class, broken where a window
     had no face) above a strip of the predicted labels, like seed 004's per-video emotion
-    analyses (Figures 3-4). Each strip cell runs from a window's start to the next one's,
-    so overlapping windows do not hide each other; windows without a face stay grey."""
-    starts, ends = np.asarray(starts, float), np.asarray(ends, float)
-    values = np.asarray(probabilities, dtype=np.float64).reshape(len(starts), len(classes))
+    analyses (Figures 3-4); one such pair of panels per person, on one time axis. Each strip
+    cell runs from a window's start to the next one's, so overlapping windows do not hide
+    each other; windows without a face stay grey."""
     colours = {name: f"C{i % 10}" for i, name in enumerate(classes)}
-    figure = new_figure(max(8.0, min(18.0, 4 + 0.08 * len(starts))), 4.6)
-    lines, strip = figure.subplots(2, 1, sharex=True, height_ratios=[4, 1])
-    middles = (starts + ends) / 2
-    for i, name in enumerate(classes):
-        lines.plot(middles, values[:, i], color=colours[name], linewidth=1.4, marker=".",
-                   markersize=4, label=name)
-    lines.set_ylim(0, 1.02)
-    lines.set_ylabel("probability")
-    lines.grid(alpha=0.3)
-    lines.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
-    lines.set_title(title)
-    cell_ends = np.append(starts[1:], ends[-1]) if len(starts) else ends
-    for start, stop, label in zip(starts, cell_ends, labels):
-        strip.axvspan(start, stop, color=colours[label] if label else "0.85", linewidth=0)
-    strip.set_yticks([])
-    strip.set_ylabel("label", rotation=0, ha="right", va="center")
-    strip.set_xlabel("time (s)")
-    if len(starts):
-        strip.set_xlim(starts[0], ends[-1])
+    longest = max((len(p.starts) for p in persons), default=0)
+    figure = new_figure(max(8.0, min(18.0, 4 + 0.08 * longest)), 0.6 + 4.0 * len(persons))
+    panels = figure.subplots(2 * len(persons), 1, sharex=True, squeeze=False,
+                             height_ratios=[4, 1] * len(persons))[:, 0]
+    begin = min((p.starts[0] for p in persons if len(p.starts)), default=0.0)
+    finish = max((p.ends[-1] for p in persons if len(p.ends)), default=1.0)
+    for index, person in enumerate(persons):
+        lines, strip = panels[2 * index], panels[2 * index + 1]
+        starts, ends = np.asarray(person.starts, float), np.asarray(person.ends, float)
+        values = np.asarray(person.probabilities, np.float64).reshape(len(starts), len(classes))
+        middles = (starts + ends) / 2
+        for i, name in enumerate(classes):
+            lines.plot(middles, values[:, i], color=colours[name], linewidth=1.4, marker=".",
+                       markersize=4, label=name)
+        lines.set_ylim(0, 1.02)
+        lines.set_ylabel("probability")
+        lines.grid(alpha=0.3)
+        if index == 0:
+            lines.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+        lines.set_title(f"{title}: {person.name}" if len(persons) > 1 else title)
+        cell_ends = np.append(starts[1:], ends[-1]) if len(starts) else ends
+        for start, stop, label in zip(starts, cell_ends, person.labels):
+            strip.axvspan(start, stop, color=colours[label] if label else "0.85", linewidth=0)
+        strip.set_yticks([])
+        strip.set_ylabel("label", rotation=0, ha="right", va="center")
+    panels[-1].set_xlabel("time (s)")
+    panels[-1].set_xlim(begin, finish)
     return save_figure(figure, path)
 
 
 def plot_prediction_distribution(
-        groups: Sequence[tuple[str, Mapping[str, float], Mapping[str, float]]],
+        persons: Sequence[tuple[str, Sequence[tuple[str, Mapping[str, float],
+                                                    Mapping[str, float]]]]],
         path: str | Path, title: str) -> Path:
-    """Share of windows per predicted label beside each label's mean probability, one panel
-    per label set (``(name, shares, mean probabilities)``: the classes, then a mapping such
-    as seed 004's positive/neutral/negative)."""
-    figure = new_figure(max(5.0, sum(1.5 + 0.7 * len(s) for _, s, _ in groups)), 3.8)
-    panels = figure.subplots(1, len(groups), squeeze=False)[0]
+    """Share of windows per predicted label beside each label's mean probability: one row
+    per person (``(name, groups)``), one panel per label set in a row (``(name, shares,
+    mean probabilities)``: the classes, then a mapping such as seed 004's
+    positive/neutral/negative)."""
+    widest = max(sum(1.5 + 0.7 * len(s) for _, s, _ in groups) for _, groups in persons)
+    columns = max(len(groups) for _, groups in persons)
+    figure = new_figure(max(5.0, widest), 0.6 + 3.4 * len(persons))
+    grid = figure.subplots(len(persons), columns, squeeze=False)
     width = 0.4
-    for axes, (name, shares, means) in zip(panels, groups):
-        labels = list(shares)
-        positions = np.arange(len(labels))
-        for offset, values, legend, colour in (
-                (-width / 2, [shares[n] for n in labels], "share of windows", "tab:blue"),
-                (width / 2, [means[n] for n in labels], "mean probability", "tab:gray")):
-            bars = axes.bar(positions + offset, values, width, color=colour, label=legend)
-            axes.bar_label(bars, [f"{v:.0%}" for v in values], fontsize="x-small")
-        axes.set_xticks(positions, labels, rotation=30 if len(labels) > 4 else 0)
-        axes.set_ylim(0, 1.12)
-        axes.yaxis.set_major_formatter(_percent)
-        axes.set_title(name)
-        axes.legend(loc="upper right", fontsize="x-small")
+    for row, (person, groups) in zip(grid, persons):
+        for axes in row[len(groups):]:
+            axes.set_visible(False)
+        for axes, (name, shares, means) in zip(row, groups):
+            labels = list(shares)
+            positions = np.arange(len(labels))
+            for offset, values, legend, colour in (
+                    (-width / 2, [shares[n] for n in labels], "share of windows", "tab:blue"),
+                    (width / 2, [means[n] for n in labels], "mean probability", "tab:gray")):
+                bars = axes.bar(positions + offset, values, width, color=colour, label=legend)
+                axes.bar_label(bars, [f"{v:.0%}" for v in values], fontsize="x-small")
+            axes.set_xticks(positions, labels, rotation=30 if len(labels) > 4 else 0)
+            axes.set_ylim(0, 1.12)
+            axes.yaxis.set_major_formatter(_percent)
+            axes.set_title(f"{person}: {name}" if len(persons) > 1 else name)
+            axes.legend(loc="upper right", fontsize="x-small")
     figure.suptitle(title)
     return save_figure(figure, path)

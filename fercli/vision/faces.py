@@ -26,8 +26,15 @@ in, that frame's faces out (``observe``); no file I/O, no printing. The rules, a
    maximising the summed IoU (Hungarian assignment). A pair qualifies at IoU >=
    ``match_iou`` (0.3: between detections a tracked face drifts by a fraction of its
    width, and two faces side by side hardly overlap) or when each box's centre lies
-   inside the other (a drifted tracker still sits on its face). A matched person's
-   tracker restarts on the detected box, which removes drift. An active person whom no
+   inside the other (a drifted tracker still sits on its face), and only if the
+   detection looks like the person (appearance similarity, rule 5, >= ``same_similarity``,
+   0.85, below the lowest same-person score measured on real hand-held footage, 0.91): a
+   cut the colour check missed can put another face where the tracker was, and MedianFlow
+   follows it without failing. A matched person whose
+   tracked box still overlaps the detection by IoU >= ``restart_iou`` (0.5) keeps its
+   tracker and box: the boxes then follow `fer track`'s rule (detect once, track after),
+   so the crops are those the model was trained on; a tracker that drifted further is
+   restarted on the detected box. An active person whom no
    detection matches keeps its tracked box while that box still looks like the person
    (rule 5's similarity): detectors miss faces now and then (a turned head, a blink).
    Otherwise it counts a miss, and ``miss_limit`` (2) misses in a row drop it (make it
@@ -285,7 +292,8 @@ class PersonTracker:
                  detect_every: int = 10, faces: str = "all", match_iou: float = 0.3,
                  duplicate_iou: float = 0.5, miss_limit: int = 2,
                  cut_threshold: float = 0.48, relink_similarity: float = 0.93,
-                 nested: float = 0.7,
+                 nested: float = 0.7, restart_iou: float = 0.5,
+                 same_similarity: float = 0.85,
                  min_face_px: int = TRACK_FACE_PX):
         if faces not in FACES:
             raise ConfigError(f"unknown faces mode {faces!r}",
@@ -305,6 +313,8 @@ class PersonTracker:
         self.match_iou = match_iou
         self.duplicate_iou = duplicate_iou
         self.nested = nested
+        self.restart_iou = restart_iou
+        self.same_similarity = same_similarity
         self.miss_limit = miss_limit
         self.cut_threshold = cut_threshold
         self.relink_similarity = relink_similarity
@@ -392,10 +402,13 @@ class PersonTracker:
         overlaps = np.array([[iou(p.box, b) for b in boxes] for p in placed]).reshape(
             len(placed), len(boxes))
         eligible = overlaps >= self.match_iou
+        descriptors = {j: appearance(frame, box) for j, box in enumerate(boxes)}
         for i, person in enumerate(placed):
             for j, box in enumerate(boxes):
                 if _inside(person.box.center, box) and _inside(box.center, person.box):
                     eligible[i, j] = True
+                if similarity(person.descriptor, descriptors[j]) < self.same_similarity:
+                    eligible[i, j] = False  # another face in the same place (a missed cut)
         matched = {}
         for i, j in assign(overlaps, eligible):
             matched[j] = placed[i]
@@ -415,7 +428,6 @@ class PersonTracker:
         tracked = [p.box for p in self._people if p.active and p not in matched.values()]
         rest = [j for j, box in enumerate(boxes) if j not in matched and not any(
             self._one_face(box, other) for other in tracked)]  # rule 7 against the trackers
-        descriptors = {j: appearance(frame, boxes[j]) for j in [*matched, *rest]}
         inactive = [p for p in self._people if not p.active and p not in matched.values()]
         scores = np.array([[similarity(p.descriptor, descriptors[j]) for j in rest]
                            for p in inactive]).reshape(len(inactive), len(rest))
@@ -430,6 +442,9 @@ class PersonTracker:
                 self.counts["new"] += 1
             else:
                 person.remember(descriptors[j])
+                if person.active and iou(person.box, box) >= self.restart_iou:
+                    person.misses = 0  # the tracker holds the face: keep its box (rule 3)
+                    continue
             person.box, person.size, person.misses = box, (box.w, box.h), 0
             person.tracker = FaceTracker(self.tracker_name, box, self.min_face_px)
             person.tracker.start(frame, box)

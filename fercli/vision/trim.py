@@ -12,7 +12,6 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from itertools import chain, islice
 from pathlib import Path
 from typing import Literal
 
@@ -269,22 +268,49 @@ def motion_scores(
 
     Frames stream through: only the ``n_reference`` first frames are held at once.
     """
-    if n_reference < 1:
-        raise ValueError(f"n_reference must be >= 1, got {n_reference}")
-    iterator = iter(frames)
-    head = [_smoothed_gray(frame, blur_sigma) for frame in islice(iterator, n_reference)]
-    if not head:
-        raise ItemError("the face clip has no frames", hint="re-run the track stage for it")
-    shape = head[0].shape
-    for index, gray in enumerate(head):
-        _require_shape(gray, shape, index)
-    reference = np.median(np.stack(head), axis=0)
-    grays = chain(head, (_smoothed_gray(frame, blur_sigma) for frame in iterator))
-    scores = []
-    for index, gray in enumerate(grays):
-        _require_shape(gray, shape, index)
-        scores.append(float(np.mean(np.abs(gray - reference))))
-    return np.asarray(scores, dtype=np.float64)
+    scorer = MotionScorer(n_reference, blur_sigma)
+    for frame in frames:
+        scorer.add(frame)
+    return scorer.scores()
+
+
+class MotionScorer:
+    """``motion_scores`` one frame at a time, for several faces of one video at once
+    (`fer predict` scores each person's face stream as the video is read)."""
+
+    def __init__(self, n_reference: int = 5, blur_sigma: float = 1.5):
+        if n_reference < 1:
+            raise ValueError(f"n_reference must be >= 1, got {n_reference}")
+        self.n_reference = n_reference
+        self.blur_sigma = blur_sigma
+        self.head: list[np.ndarray] = []  # the first frames, until the reference exists
+        self.reference: np.ndarray | None = None
+        self.values: list[float] = []
+
+    def add(self, frame: np.ndarray) -> None:
+        gray = _smoothed_gray(frame, self.blur_sigma)
+        index = len(self.head) + len(self.values)
+        if self.head or self.values:
+            _require_shape(gray, (self.head[0] if self.head else self.reference).shape, index)
+        if self.reference is None:
+            self.head.append(gray)
+            if len(self.head) == self.n_reference:
+                self._score_head()
+        else:
+            self.values.append(float(np.mean(np.abs(gray - self.reference))))
+
+    def _score_head(self) -> None:
+        self.reference = np.median(np.stack(self.head), axis=0)
+        self.values = [float(np.mean(np.abs(g - self.reference))) for g in self.head]
+        self.head = []
+
+    def scores(self) -> np.ndarray:
+        if self.reference is None:
+            if not self.head:
+                raise ItemError("the face clip has no frames",
+                                hint="re-run the track stage for it")
+            self._score_head()
+        return np.asarray(self.values, dtype=np.float64)
 
 
 def _smoothed_gray(frame: np.ndarray, blur_sigma: float) -> np.ndarray:
