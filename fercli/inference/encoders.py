@@ -18,31 +18,60 @@ from ..core.errors import ConfigError
 from .runs import FinalizedRun
 
 
+def backbone_source(run: FinalizedRun) -> str:
+    """The run's backbone: a name, or a model file resolved as `fer predict` finds it."""
+    from ..features.backbones import is_model_file
+
+    backbone = str(run.info["backbone"]["backbone"])
+    if is_model_file(backbone) and not Path(backbone).expanduser().exists():
+        # model.json keeps the config's text, relative to a config file it does not name;
+        # `fer` runs beside its workdir by default, so try the workdir's parent
+        backbone = str(layout.workdir_of_run(run.path).parent / backbone)
+    return backbone
+
+
+def keras_extractor(run: FinalizedRun):
+    """The run's Keras feature extractor (``fercli.features.backbones.FeatureExtractor``)."""
+    from ..features.backbones import build_feature_extractor
+
+    extract = run.info["backbone"]
+    return build_feature_extractor(
+        backbone_source(run), layer=extract.get("layer"), weights=extract.get("weights"),
+        input_color=bool(run.info["color"]), batch_size=int(extract.get("batch_size") or 64))
+
+
 class FeatureEncoder:
-    """Face crops -> per-frame backbone features, as `fer extract` stored them."""
+    """Face crops -> per-frame backbone features, as `fer extract` stored them.
+
+    The backbone runs as the run's TFLite graph where ``load_inference_run`` attached one
+    (``run.backbone_graph``, see fercli.inference.runtime), else as Keras;
+    ``extractor`` is always the Keras extractor (built on first use: `fer export` builds
+    its graphs from it).
+    """
 
     def __init__(self, run: FinalizedRun):
-        from ..features.backbones import build_feature_extractor, is_model_file
-
         extract = run.info["backbone"]
-        backbone = str(extract["backbone"])
-        if is_model_file(backbone) and not Path(backbone).expanduser().exists():
-            # model.json keeps the config's text, relative to a config file it does not name;
-            # `fer` runs beside its workdir by default, so try the workdir's parent
-            backbone = str(layout.workdir_of_run(run.path).parent / backbone)
+        self.run = run
         self.batch_size = int(extract.get("batch_size") or 64)
         self.dtype = extract.get("dtype", "float32")
-        self.extractor = build_feature_extractor(
-            backbone, layer=extract.get("layer"), weights=extract.get("weights"),
-            input_color=bool(run.info["color"]), batch_size=self.batch_size)
+        self._extractor = None
+        lite = getattr(run, "backbone_graph", None)
+        self.engine = lite if lite is not None else self.extractor
         expected = int(run.info["input_shape"][-1])
-        if self.extractor.feature_dim != expected:
+        if self.engine.feature_dim != expected:
             raise ConfigError(f"run {run.name} reads {expected} features per frame but "
-                              f"backbone {backbone} gives {self.extractor.feature_dim}",
+                              f"backbone {backbone_source(run)} gives "
+                              f"{self.engine.feature_dim}",
                               hint="Check the run's extract section (backbone, layer)")
 
+    @property
+    def extractor(self):
+        if self._extractor is None:
+            self._extractor = keras_extractor(self.run)
+        return self._extractor
+
     def encode(self, faces: Sequence[np.ndarray]) -> np.ndarray:
-        features = self.extractor.extract(np.stack(faces))
+        features = self.engine.extract(np.stack(faces))
         return features.astype(self.dtype).astype(np.float32)
 
     @staticmethod

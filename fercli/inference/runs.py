@@ -7,7 +7,7 @@ order and the library versions, so `fer predict`, `export` and `live` need nothi
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +63,23 @@ class FinalizedRun:
     info: dict  # model.json
     config: dict  # the run's resolved config.yaml
     classes: list[str]
-    model: Any
+    model: Any  # the Keras model, or runtime "tflite": a LiteRT runner (predict_on_batch)
     weight: float | None  # mean CV validation accuracy, for weighted fusion
+    runtime: str = "keras"  # what ``model`` (and the backbone) run on: keras | tflite
+    runtime_note: str | None = None  # why load_inference_run fell back to Keras (one line)
+    backbone_graph: Any = None  # feature runs on "tflite": the LiteRT backbone
+    _keras: Any = field(default=None, repr=False)
+
+    @property
+    def keras_model(self):
+        """The trained Keras model (loaded on first use when ``model`` is a LiteRT runner)."""
+        if self.runtime == "keras" and self.model is not None:
+            return self.model
+        if self._keras is None:
+            from ..learning.training import load_model
+
+            self._keras = load_model(self.path / "model.keras")
+        return self._keras
 
     @property
     def is_clip(self) -> bool:
@@ -109,10 +124,10 @@ def run_config(run_dir: Path) -> dict:
     return config
 
 
-def load_run(run_dir: Path) -> FinalizedRun:
-    """Read a finalized run folder: model.keras, model.json, config.yaml, classes.json."""
-    from ..learning.training import load_model
-
+def read_run(run_dir: Path) -> FinalizedRun:
+    """A finalized run folder without its model (``model`` None): model.json, config.yaml,
+    classes.json. ``load_run`` adds the Keras model; fercli.inference.runtime's
+    ``load_inference_run`` the LiteRT graphs where it can."""
     run_dir = Path(run_dir)
     config = run_config(run_dir)
     info = read_json(run_dir / "model.json", "model.json")
@@ -120,5 +135,13 @@ def load_run(run_dir: Path) -> FinalizedRun:
     cv_json = layout.cv_run_dir(layout.workdir_of_run(run_dir), run_dir.name) / "run.json"
     weight = (read_json(cv_json, "run.json").get("cv_accuracy")
               if cv_json.is_file() else None)
-    return FinalizedRun(run_dir.name, run_dir, info, config, classes,
-                        load_model(run_dir / "model.keras"), weight)
+    return FinalizedRun(run_dir.name, run_dir, info, config, classes, None, weight)
+
+
+def load_run(run_dir: Path) -> FinalizedRun:
+    """Read a finalized run folder: model.keras, model.json, config.yaml, classes.json."""
+    from ..learning.training import load_model
+
+    run = read_run(run_dir)
+    run.model = load_model(run.path / "model.keras")
+    return run

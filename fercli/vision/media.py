@@ -16,8 +16,10 @@ Problems with one source raise ItemError (the item fails, the others go on).
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty, Queue
 from typing import Iterator
 
 import cv2
@@ -135,9 +137,17 @@ def read_frame_list(path: Path) -> list[Path]:
     return frames
 
 
-def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """Yield BGR uint8 frames of a video, a sequence folder, a frame list or an image."""
-    path = Path(path)
+def iter_frames(path: str | Path, prefetch: int = 0) -> Iterator[np.ndarray]:
+    """Yield BGR uint8 frames of a video, a sequence folder, a frame list or an image.
+
+    ``prefetch`` > 0 decodes up to that many frames ahead in a background thread
+    (``read_ahead``), so decoding overlaps the caller's work; 0 decodes on demand.
+    """
+    frames = _frames(Path(path))
+    return read_ahead(frames, prefetch) if prefetch > 0 else frames
+
+
+def _frames(path: Path) -> Iterator[np.ndarray]:
     kind = source_kind(path)
     if kind == "sequence":
         yield from _iter_images(sequence_frames(path), path)
@@ -149,6 +159,56 @@ def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
         yield from _iter_images([path], None)
     else:
         yield from _iter_video(path)
+
+
+_FRAME, _END, _ERROR = range(3)
+
+
+def read_ahead(frames: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """``frames``, produced by a background thread into a queue of ``size`` frames.
+
+    OpenCV and PyAV release the GIL while they decode, so the next frames decode while the
+    caller works on this one. An exception of the producer (an ItemError for a damaged
+    file, ...) is raised here, unchanged, after the frames before it. Closing this
+    generator early (``break``, an exception in the caller, garbage collection) stops the
+    thread, which closes ``frames`` (releasing the capture), and joins it. The thread
+    starts at the first frame asked for.
+    """
+    queue: Queue = Queue(maxsize=max(1, size))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for frame in frames:
+                queue.put((_FRAME, frame))
+                if stop.is_set():
+                    break
+            else:
+                queue.put((_END, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer as it is
+            queue.put((_ERROR, exc))
+        finally:
+            frames.close()  # in this thread, which ran the generator (capture released)
+
+    thread = threading.Thread(target=produce, name="fer-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = queue.get()
+            if kind == _FRAME:
+                yield value
+            elif kind == _END:
+                return
+            else:
+                raise value
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting for room in the queue
+            try:
+                queue.get(timeout=0.05)
+            except Empty:
+                pass
+        thread.join()
 
 
 def readable(path: Path) -> None:
