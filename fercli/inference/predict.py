@@ -54,7 +54,8 @@ from ..vision.track import BoxSmoother, crop_face
 from ..vision.trim import MotionScorer, trim_clip
 from .encoders import ClipEncoder, FeatureEncoder, baseline_key, model_inputs, with_baseline
 from .records import PredictRecords, run_fingerprint, shard_of
-from .runs import RUN_FILES, FinalizedRun, load_run, run_config
+from .runs import RUN_FILES, FinalizedRun, run_config
+from .runtime import load_inference_run
 
 DEFAULT_VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".mov")
 PREDICT_BATCH = 16  # sequences per forward pass (windows of hours of video stream through)
@@ -419,7 +420,8 @@ def build_predictor(run_dirs: Sequence[Path], fusion_method: str | None,
     if fusion_method is not None and fusion_method not in METHODS:
         raise ConfigError(f"unknown fusion method {fusion_method!r}",
                           hint=f"Use one of: {', '.join(METHODS)}")
-    runs = [load_run(Path(d)) for d in run_dirs]
+    runs = [load_inference_run(Path(d)) for d in run_dirs]  # LiteRT graphs where they can be
+    notes.extend(run.runtime_note for run in runs if run.runtime_note)
     check_runs(runs)
     groups = label_groups(label_map, runs[0].classes) if label_map else None
     fusion = (fusion_method or "average") if len(runs) > 1 else None
@@ -556,7 +558,7 @@ def predict_video(path: Path, predictor: Predictor, detector: FaceDetector,
                           boxes=boxes)
 
     def frames() -> Iterator[np.ndarray]:
-        for frame in iter_frames(path):
+        for frame in iter_frames(path, prefetch=16):  # decoding overlaps the face work
             if advance:
                 advance()
             yield frame

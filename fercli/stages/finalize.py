@@ -65,6 +65,19 @@ class FinalizeStage(Stage):
             "fold": item.payload["fold"], "best_epoch": result.best_epoch,
             "stopped_epoch": stopped, "best_val_accuracy": result.best_val_accuracy})
 
+    @staticmethod
+    def _convert(run_root: Path, console: Console) -> None:
+        """LiteRT graphs of the run now, so `fer predict` starts without TensorFlow (its
+        cache, rebuilt by predict whenever model.keras changes; not a stage output)."""
+        from ..inference.runs import read_run
+        from ..inference.runtime import CACHE_DIR, attach_runtime
+
+        run = attach_runtime(read_run(run_root))
+        if run.runtime_note:
+            console.print(f"[yellow]finalize: {run.runtime_note}[/]")
+        else:
+            console.print(f"finalize: LiteRT graphs for `fer predict` in {run_root / CACHE_DIR}")
+
     def finalize(self, ctx: Context, records: list[dict], console: Console) -> list[Path]:
         """Train the final model on every fold (resumable like a fold) and predict test."""
         from ..learning.training import load_model
@@ -101,4 +114,5 @@ class FinalizeStage(Stage):
                           f"{info['test_uar']:.3f} on {len(test_rows)} items -> {test_csv}")
         model, *described = write_run_folder(run_root, checkpoint, info, ctx.config.data,
                                              data.classes)
+        self._convert(run_root, console)
         return [model, *([test_csv] if len(test_rows) else []), *described]

@@ -12,7 +12,11 @@ in, that frame's faces out (``observe``); no file I/O, no printing. The rules, a
    remove tracker drift, and at once when a face has gone missing, as the single-face rule
    does. While others are still tracked, a person who has left the frame is searched for
    only at the periodic detections, so a speaker walking off does not turn every later
-   frame into a detection frame.
+   frame into a detection frame. The periodic check first takes a quick look at half
+   resolution (a quarter of the detector's work; only when every tracked face is large
+   enough to be found there): when it finds exactly the tracked faces where their
+   trackers have them, nothing has changed and the full detection is skipped (on
+   woman2.mp4 this took `fer predict` from 440 to 670 frames/s).
 2. **Between detections** every active person is followed by its own ``FaceTracker`` (the
    run's tracker, MedianFlow by default). A tracker failure makes that person inactive
    ("lost"). So does a tracked box less than half inside the frame (``MIN_VISIBLE``): the
@@ -91,7 +95,8 @@ in, that frame's faces out (``observe``); no file I/O, no printing. The rules, a
    rule 3 that is one face with a box a tracker still holds is dropped as well. So one
    face never becomes two persons.
 
-``counts`` tallies per ``observe`` call: "frames"; "detect" (a detection ran); "track" (a
+``counts`` tallies per ``observe`` call: "frames"; "detect" (a full detection ran); "quick
+look" (a half-resolution cadence check ran); "track" (a
 frame served by the trackers alone); "no face" (no observation); "cut"; "lost" (tracker
 failures); "recovered" (a face whose tracker failed, found again at its place by rule 3);
 "dropped" (missed by ``miss_limit`` detections in a row); "relinked" (rule 5); "new"
@@ -101,7 +106,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from itertools import combinations
+from itertools import combinations, permutations
 
 import cv2
 import numpy as np
@@ -111,6 +116,9 @@ from fercli.vision.detect import Box, FaceDetector, extend_box, iou
 from fercli.vision.track import TRACK_FACE_PX, FaceTracker, make_tracker
 
 FACES = ("all", "largest")
+# Rule 1's cadence check runs at half resolution when every tracked (extended) box is at
+# least this wide and high: the face inside is then >= 2 x the 24 px Haar window.
+QUICK_LOOK_PX = 80
 # Cut check (rule 4): thumbnail size, its cells (rows, columns) and their hue x saturation
 # x value histogram bins.
 CUT_THUMB = (64, 48)
@@ -241,14 +249,33 @@ def similarity(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def assign(scores: np.ndarray, eligible: np.ndarray) -> list[tuple[int, int]]:
-    """One-to-one (row, column) pairs among the eligible ones with the largest summed score."""
+    """One-to-one (row, column) pairs among the eligible ones with the largest summed score.
+
+    A frame holds a handful of faces, so small problems are solved by trying every
+    assignment (microseconds, and no 0.4 s scipy import before the first frame); larger
+    ones by the Hungarian method.
+    """
     if not eligible.any():
         return []
-    from scipy.optimize import linear_sum_assignment  # scipy comes with scikit-learn
-
     gain = np.where(eligible, scores + 1.0, 0.0)  # +1: any eligible pair beats none
-    rows, cols = linear_sum_assignment(gain, maximize=True)
-    return [(int(r), int(c)) for r, c in zip(rows, cols) if eligible[r, c]]
+    if min(gain.shape) <= 4 and max(gain.shape) <= 8:
+        pairs = _best_pairs(gain)
+    else:
+        from scipy.optimize import linear_sum_assignment  # scipy comes with scikit-learn
+
+        pairs = zip(*linear_sum_assignment(gain, maximize=True))
+    return [(int(r), int(c)) for r, c in pairs if eligible[r, c]]
+
+
+def _best_pairs(gain: np.ndarray) -> list[tuple[int, int]]:
+    """Exhaustive maximum-gain one-to-one assignment (rows <= columns after transposing)."""
+    flip = gain.shape[0] > gain.shape[1]
+    table = gain.T if flip else gain
+    rows = range(table.shape[0])
+    best = max(permutations(range(table.shape[1]), table.shape[0]),
+               key=lambda cols: sum(table[r, c] for r, c in zip(rows, cols)))
+    pairs = list(zip(rows, best))
+    return [(c, r) for r, c in pairs] if flip else pairs
 
 
 def deduplicate(boxes: list[Box], overlap: float, nested: float) -> list[Box]:
@@ -352,8 +379,9 @@ class PersonTracker:
                     sources[person.id] = "track"
         failed |= self._separate(frame, sources)
         self._since_detection += 1
-        if (first or cut or failed or not sources
-                or self._since_detection >= self.detect_every):
+        if first or cut or failed or not sources:
+            self._detect(frame, sources)
+        elif self._since_detection >= self.detect_every and not self._quick_look(frame):
             self._detect(frame, sources)
         else:
             self.counts["track"] += 1
@@ -364,6 +392,31 @@ class PersonTracker:
         if not observations:
             self.counts["no face"] += 1
         return observations
+
+    def _quick_look(self, frame: np.ndarray) -> bool:
+        """Rule 1's cadence check at half resolution (a quarter of the detector's work):
+        True when it finds exactly the tracked faces, each where its tracker has it (IoU
+        >= ``restart_iou``); anything else (a new face, a missed one, a drifted tracker)
+        calls for the full detection. Faces under ``QUICK_LOOK_PX`` always get the full one."""
+        self._since_detection = 0
+        active = [p for p in self._people if p.active]
+        if min(min(p.box.w, p.box.h) for p in active) < QUICK_LOOK_PX:
+            return False
+        self.counts["quick look"] += 1
+        height, width = frame.shape[:2]
+        small = cv2.resize(frame, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
+        boxes = [extend_box(Box(2 * b.x, 2 * b.y, 2 * b.w, 2 * b.h), self.extend_px, width,
+                            height) for b in self.detector.detect(small)]
+        boxes = deduplicate([b for b in boxes if b.w > 1 and b.h > 1], self.duplicate_iou,
+                            self.nested)
+        if len(boxes) != len(active):
+            return False
+        overlaps = np.array([[iou(p.box, b) for b in boxes] for p in active])
+        if len(assign(overlaps, overlaps >= self.restart_iou)) != len(active):
+            return False
+        for person in active:
+            person.misses = 0
+        return True
 
     def _lose(self, person: _Person, sources: dict[int, str], by_place: bool) -> None:
         """A tracker failure: the person is inactive; ``by_place``: rule 3 may find it there."""
