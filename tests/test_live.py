@@ -99,7 +99,7 @@ def test_live_on_a_video_file_with_the_exported_model(run, fer, tmp_path):
     assert bars > 5  # the class bars are drawn (the codec alone changes far less)
 
 
-def test_the_keras_pipeline_runs_when_the_export_is_stale(run, tmp_path):
+def test_the_run_pipeline_runs_when_the_export_is_stale(run, tmp_path):
     from fercli.inference.live import load_classifier, run_live
     from fercli.learning.training import load_model
 
@@ -113,7 +113,8 @@ def test_the_keras_pipeline_runs_when_the_export_is_stale(run, tmp_path):
     model.save(stale / "model.keras")
     shutil.copytree(workdir / "export", tmp_path / "work" / "export")
     classifier = load_classifier(tmp_path / "work", run.name)
-    assert classifier.kind == "keras"  # export.json names another model.keras
+    # export.json names another model.keras: the run's own graphs run, on LiteRT
+    assert classifier.kind == "litert" and classifier.path == stale / "tflite"
     lines: list[str] = []
     summary = run_live(str(VIDEO), classifier, window=1.0, stride=0.5, say=lines.append)
     assert summary["frames"] == N_FRAMES and summary["face_frames"] == N_FRAMES

@@ -13,7 +13,8 @@ every ``stride`` seconds:
   onset: each person's first ``identity.BASELINE_FRAMES`` face crops are kept for the whole
   run (`fer predict`'s rule: the person's first face frames);
 - the classifier is an exported graph of `fer export` (TFLite preferred: the run's export
-  folder is used when it matches model.keras) or else the run's Keras pipeline;
+  folder is used when it matches model.keras) or else the run's own pipeline, on the
+  LiteRT graphs `fer finalize` cached in it (no TensorFlow import) or on Keras;
 - each prediction prints one line (person, time, label, every probability); ``--write``
   saves the video with each face's box, person id and label, and one bar per class of the
   first person, ``--show`` shows it.
@@ -52,7 +53,7 @@ class Classifier:
     """A run ready for windows of face crops: its config, classes and a predict function."""
 
     name: str
-    kind: str  # tflite | savedmodel | keras
+    kind: str  # tflite | savedmodel (exports) | litert (the run's cached graphs) | keras
     path: Path
     classes: list[str]
     max_frames: int
@@ -97,12 +98,18 @@ def exported_classifier(path: Path) -> Classifier:
                       model.max_frames, summary["config"], predict, model.needs_onset)
 
 
-def keras_classifier(run_dir: Path) -> Classifier:
+def keras_classifier(run_dir: Path, runtime: bool = False) -> Classifier:
+    """The run's own pipeline (`fer predict`'s encoders and model); with ``runtime``, on the
+    LiteRT graphs `fer finalize` cached in the run (kind ``litert``) where it can be."""
     from .runs import load_run
+    from .runtime import CACHE_DIR, load_inference_run
 
-    run = load_run(run_dir)
+    run = load_inference_run(run_dir) if runtime else load_run(run_dir)
     pipeline = KerasPipeline(run)
-    return Classifier(run.name, "keras", run.path, run.classes, run.max_frames, run.config,
+    on_litert = run.runtime == "tflite"
+    return Classifier(run.name, "litert" if on_litert else "keras",
+                      run.path / CACHE_DIR if on_litert else run.path, run.classes,
+                      run.max_frames, run.config,
                       lambda crops, onset: pipeline.predict(
                           np.stack(crops), np.stack(onset) if onset else None),
                       pipeline.needs_onset)
@@ -113,7 +120,8 @@ def load_classifier(workdir: Path, run: str | None = None,
     """``model`` (an export) as given; else the run (default: newest), exported if it can.
 
     A run's export folder (<workdir>/export/<run>) is used when its export.json was made
-    from the run's current model.keras; otherwise the Keras pipeline runs.
+    from the run's current model.keras; otherwise the run's own pipeline runs, on its
+    cached LiteRT graphs (fercli.inference.runtime) or else on Keras.
     """
     if model is not None:
         if run is not None:
@@ -126,7 +134,7 @@ def load_classifier(workdir: Path, run: str | None = None,
         if summary.get("source_sha256") == file_sha256(run_dir / "model.keras") and any(
                 (export_dir / n).exists() for n in PREFERENCE if n in summary["artifacts"]):
             return exported_classifier(export_dir)
-    return keras_classifier(run_dir)
+    return keras_classifier(run_dir, runtime=True)
 
 
 # --------------------------------------------------------------------------- sources
