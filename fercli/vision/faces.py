@@ -414,8 +414,9 @@ class PersonTracker:
         overlaps = np.array([[iou(p.box, b) for b in boxes] for p in active])
         if len(assign(overlaps, overlaps >= self.restart_iou)) != len(active):
             return False
-        for person in active:
+        for person in active:  # as a matching full detection would (rules 3 and 5)
             person.misses = 0
+            person.remember(appearance(frame, person.box))
         return True
 
     def _lose(self, person: _Person, sources: dict[int, str], by_place: bool) -> None:
