@@ -64,10 +64,10 @@ from fercli.features import featurestore  # noqa: E402
 from fercli.features.featurestore import input_memory_budget  # noqa: E402
 
 
-def _store(path, n_rows=40, feature_dim=3, seed=0):
+def _store(path, n_rows=40, feature_dim=3, seed=0, dtype="float32"):
     """Rows of 1..9 frames; feature 0 holds the row number, feature 1 the frame number."""
     rng = np.random.default_rng(seed)
-    with FeatureStoreWriter(path, feature_dim=feature_dim, classes=CLASSES, dtype="float32",
+    with FeatureStoreWriter(path, feature_dim=feature_dim, classes=CLASSES, dtype=dtype,
                             chunk_rows=8) as writer:
         for row in range(n_rows):
             frames = rng.normal(size=(1 + (row * 7) % 9, feature_dim)).astype(np.float32)
@@ -238,3 +238,21 @@ def test_baselines_come_with_their_rows(tmp_path):
         for inputs, _ in batches:
             rows = inputs["features"][:, 0, 0].astype(int)
             np.testing.assert_array_equal(inputs["baseline"], baselines[rows])
+
+
+def test_held_half_frames_are_the_same_widened_once_or_per_batch(tmp_path):
+    """float16 frames held as float32 (both copies fit the budget at once) or as their bit
+    patterns widened in every batch (only the float16 frames fit) give the same batches."""
+    from fercli.learning.datasets import feature_dataset
+
+    path = _store(tmp_path / "features.h5", dtype="float16")
+    rows = np.arange(40)
+    with FeatureStore(path) as store:
+        assert store.dtype == np.float16
+        held_mb = int((store.held_frames(rows, 5) * store.frame_bytes).sum()) / (1 << 20)
+    once = _passes(feature_dataset(path, rows, 5, 8, True, seed=1, memory_mb=3 * held_mb), 1)
+    per_batch = _passes(feature_dataset(path, rows, 5, 8, True, seed=1,
+                                        memory_mb=2.5 * held_mb), 1)
+    for a, b in zip(once[0], per_batch[0]):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert once[0][1].dtype == np.float32
