@@ -256,6 +256,8 @@ def predict(inputs: List[Path] = typer.Argument(..., help="Videos, frame-sequenc
             write: bool = typer.Option(False, "--write", help="Also write annotated.mp4: "
                                        "each face's box, person id and label."),
             shard: Optional[str] = ShardOpt,
+            workers: int = typer.Option(1, "--workers", "-j", min=1, help="Videos predicted "
+                                        "at once, each process loading the models once."),
             config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt):
     """Classify every face of new videos of any length with a finalized model (or a fusion).
 
@@ -275,7 +277,7 @@ def predict(inputs: List[Path] = typer.Argument(..., help="Videos, frame-sequenc
                           fusion_method=fusion, window=window, stride=stride, every=every,
                           label_map=parse_label_map(label_map) if label_map else None,
                           shard=parse_shard(shard), faces=faces, detect_every=detect_every,
-                          write=write, console=console)
+                          write=write, workers=workers, console=console)
     table = Table(title="fer predict")
     for col in ("video", "person", "status", "label", "confidence", "windows", "face frames"):
         table.add_column(col)

@@ -114,3 +114,52 @@ def test_three_shards_at_once_equal_one_process(batch, reference, tmp_path):
         _, stderr = proc.communicate(timeout=600)
         assert proc.returncode == 0, stderr
     assert outputs(out) == reference
+
+
+def test_two_workers_equal_one_process(batch, reference, tmp_path):
+    """--workers 2 predicts two videos at once (each worker loads the models once); the
+    outputs and the summary equal one process's."""
+    result = run_predict(batch, tmp_path / "out", "--workers", "2")
+    assert outputs(tmp_path / "out") == reference
+    assert all(f"{name}: " in result.stderr for name in VIDEOS)  # a line per video
+
+
+def test_ctrl_c_stops_the_workers_and_the_rerun_completes(batch, reference, tmp_path):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) during --workers 2 over
+    the videos listed four times: exit 130 without a traceback, the finished videos
+    recorded, no temporary file and no worker left; the re-run does only the rest, and
+    every copy's outputs equal one process's for that video."""
+    import support
+
+    listing = batch["base"] / "four-times.txt"
+    listing.write_text("".join(f"videos/{n}.avi\n" for n in VIDEOS) * 4)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "fercli.cli", "predict", str(listing), "--run",
+            str(batch["run"]), "--out", str(out), "--workers", "2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, env=env)
+    deadline = time.monotonic() + 300
+    while not list((out / "records").glob("[!.]*.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no record to stop after"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    deadline = time.monotonic() + 1.0  # multiprocessing's resource tracker: a moment later
+    while support.live_group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert support.live_group_members(proc.pid) == []
+    assert not [p for p in out.rglob(".*tmp*") if p.is_file()]
+    finished = list((out / "records").glob("[!.]*.json"))
+    assert 1 <= len(finished) < 4 * len(VIDEOS)
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (f"predict: {len(finished)} of {4 * len(VIDEOS)} videos already done"
+            in rerun.stderr), rerun.stderr
+    written = outputs(out)
+    assert len(written["predictions"]) == 4 * len(VIDEOS)
+    for name, result in written["predictions"].items():
+        assert result == reference["predictions"][name.split("-")[0]]
+    rows = {row["video"]: row for row in reference["summary"]}
+    assert all(row == rows[row["video"]] for row in written["summary"])

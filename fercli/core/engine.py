@@ -439,16 +439,35 @@ def _process(stage: Stage, ctx: Context, todo: list[Item], workers: int, console
             return item, status, data
 
         if workers <= 1 or len(todo) == 1:
-            with StopRequests(graceful=False):
-                for item in todo:
-                    progress.update(task, current=item.id)
-                    yield finished(item, *_run_one(stage, ctx, item))
+            try:
+                with StopRequests(graceful=False):
+                    for item in todo:
+                        progress.update(task, current=item.id)
+                        yield finished(item, *_run_one(stage, ctx, item))
+            except KeyboardInterrupt:  # a stop may land between a temp file and its cleanup
+                ctx.stage.remove_temp_files({os.getpid()})
+                raise
             return
         yield from _process_in_workers(stage, ctx, todo, workers, finished)
 
 
 def _process_in_workers(stage: Stage, ctx: Context, todo: list[Item], workers: int,
                         finished: Callable):
+    for (_, _, item), result in run_in_workers(
+            _run_one, [(stage, ctx, item) for item in todo], workers,
+            on_abandon=lambda pids: ctx.stage.remove_temp_files(pids | {os.getpid()})):
+        yield finished(item, *result)
+
+
+def run_in_workers(function: Callable, jobs: list[tuple], workers: int,
+                   on_abandon: Callable[[set[int]], None] | None = None):
+    """Yield (job, ``function(*job)``) as jobs finish in ``workers`` spawned processes.
+
+    A stop signal (Ctrl-C, SIGTERM, SIGHUP) lets no new job start and gives running ones
+    STOP_GRACE_SECONDS; the finished ones are yielded, then the workers are killed,
+    ``on_abandon`` gets their pids (to remove their temporary files) and KeyboardInterrupt
+    is raised. An error in a job ends the pool the same way and is raised.
+    """
     _start_resource_tracker_deaf_to_hangup()
     mp = multiprocessing.get_context("spawn")  # no fork of a process holding TF/cv2 state
     pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp,
@@ -462,7 +481,7 @@ def _process_in_workers(stage: Stage, ctx: Context, todo: list[Item], workers: i
             # delivered once unblocked.
             signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             try:
-                futures = {pool.submit(_run_one, stage, ctx, item): item for item in todo}
+                futures = {pool.submit(function, *job): job for job in jobs}
             finally:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             pending = set(futures)
@@ -470,27 +489,41 @@ def _process_in_workers(stage: Stage, ctx: Context, todo: list[Item], workers: i
                 done, pending = cf.wait(pending, timeout=0.2,
                                         return_when=cf.FIRST_COMPLETED)
                 for future in done:
-                    yield finished(futures[future], *future.result())
+                    yield futures[future], future.result()
             if stop.signum is not None:
+                _quiet_cancelled_results()
                 for future in pending:
                     future.cancel()
                 done, _ = cf.wait(pending, timeout=STOP_GRACE_SECONDS)
                 for future in done:
                     if not future.cancelled() and future.exception() is None:
-                        yield finished(futures[future], *future.result())
+                        yield futures[future], future.result()
                 raise KeyboardInterrupt
         clean_exit = True
     finally:
         if clean_exit:
             pool.shutdown(wait=True)
-        else:  # stopped, or an error ends the stage: abandon the running items at once
-            workers = dict(getattr(pool, "_processes", None) or {})  # pid -> Process
-            pids = set(workers)
-            for process in workers.values():
+        else:  # stopped, or an error ends the pool: abandon the running jobs at once
+            processes = dict(getattr(pool, "_processes", None) or {})  # pid -> Process
+            for process in processes.values():
                 with contextlib.suppress(Exception):
                     process.kill()
             pool.shutdown(wait=False, cancel_futures=True)
-            ctx.stage.remove_temp_files(pids | {os.getpid()})
+            if on_abandon is not None:
+                on_abandon(set(processes))
+
+
+def _quiet_cancelled_results() -> None:
+    """CPython's pool manager thread may still set the result of a future cancelled by a
+    stop (a race in concurrent.futures), and its InvalidStateError would print a thread
+    traceback; that one error is dropped, every other thread error still prints."""
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        if not isinstance(args.exc_value, cf.InvalidStateError):
+            previous(args)
+
+    threading.excepthook = hook
 
 
 def _start_resource_tracker_deaf_to_hangup() -> None:

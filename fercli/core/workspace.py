@@ -31,6 +31,18 @@ SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+@-]{0,199}$")
 
 
 # --------------------------------------------------------------------------- atomic I/O
+def remove_temp_files(root: Path, pids: set[int] | None = None) -> int:
+    """Delete the temporary files of ``atomic_path`` under ``root``: all, or those written
+    by ``pids`` (killed workers); returns how many."""
+    if not root.is_dir():
+        return 0
+    leftovers = [p for p in root.rglob(".*tmp*") if p.is_file()
+                 and (pids is None or any(f".{pid}." in p.name for pid in pids))]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return len(leftovers)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix); rename into place on success.
@@ -271,13 +283,7 @@ class StageDir:
         """Delete temporary files a killed run left: all of them (call only while holding the
         stage lock with no shards running: a shard's temp file may be in use), or only those
         written by ``pids`` (this process and its killed workers)."""
-        if not self.root.is_dir():
-            return 0
-        leftovers = [p for p in self.root.rglob(".*tmp*") if p.is_file()
-                     and (pids is None or any(f".{pid}." in p.name for pid in pids))]
-        for path in leftovers:
-            path.unlink(missing_ok=True)
-        return len(leftovers)
+        return remove_temp_files(self.root, pids)
 
     def lock(self, shard: tuple[int, int] | None = None,
              only: list[str] | None = None) -> StageLock:

@@ -33,10 +33,12 @@ scaled exactly as ``fercli.learning.datasets.load_clip`` and ``clip_dataset`` do
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,7 @@ import cv2
 import numpy as np
 
 from ..core.errors import ConfigError, InputError, ItemError
-from ..core.workspace import atomic_write_json, read_json, write_csv
+from ..core.workspace import atomic_write_json, read_json, remove_temp_files, write_csv
 from ..features.identity import BASELINE_FRAMES
 from ..learning.fusion import METHODS, fuse_scores
 from ..vision.detect import Box, FaceDetector, detector_from_params
@@ -902,7 +904,7 @@ def predict_videos(inputs: list[Path], run_dirs: list[Path], out_dir: Path, *,
                    stride: float | None = None, every: int = 1,
                    label_map: dict[str, list[str]] | None = None,
                    shard: tuple[int, int] | None = None, faces: str = "all",
-                   detect_every: float = 1.0, write: bool = False,
+                   detect_every: float = 1.0, write: bool = False, workers: int = 1,
                    console=None) -> list[dict]:
     """Predict every person of every input video with one finalized run or a fusion.
 
@@ -911,7 +913,8 @@ def predict_videos(inputs: list[Path], run_dirs: list[Path], out_dir: Path, *,
     ``out_dir/summary.csv`` (a row per person); returns one row per video (its main
     person's status, label, confidence, n_windows, mapped_label, and ``persons``: a
     summary row per person). A video that cannot be read or shows no face gets its status
-    and the others go on. Configuration mistakes (bad run folder, label map, window, faces)
+    and the others go on. ``workers`` > 1 predicts that many videos at once, each process
+    loading the models once. Configuration mistakes (bad run folder, label map, window, faces)
     raise ConfigError first.
     """
     if every < 1:
@@ -946,37 +949,84 @@ def predict_videos(inputs: list[Path], run_dirs: list[Path], out_dir: Path, *,
         if len(todo) < len(mine):
             _say(console, f"predict: {len(mine) - len(todo)} of {len(mine)} videos already "
                           f"done (records in {records.folder}), {len(todo)} to do")
-        if todo:  # TensorFlow and the models load only when there is work
+        if todo:  # the models load only when there is work
             _predict_todo(todo, videos, names, records, run_dirs, fusion_method, label_map,
-                          settings, out_dir, console)
+                          settings, out_dir, console, workers)
         return records.rows(videos, names)
 
 
 def _predict_todo(todo, videos, names, records, run_dirs, fusion_method, label_map, settings,
-                  out_dir, console) -> None:
-    notes: list[str] = []
-    predictor = build_predictor(run_dirs, fusion_method, label_map, notes)
-    detector = detector_from_params(predictor.runs[0].config["detect"])
-    for note in notes:
+                  out_dir, console, workers: int) -> None:
+    """Predict the unfinished videos, here or in ``workers`` processes (each loads the
+    models once); records and the summary are written here as each video finishes."""
+    from ..core.engine import StopRequests, run_in_workers
+
+    state = _predictor_state(run_dirs, fusion_method, label_map)  # config errors first
+    for note in state["notes"]:
         _say(console, f"[yellow]predict: {note}[/]")
+    mapped = bool(state["predictor"].groups)
+
+    def finished(video: Path, name: str, row: dict, line: str) -> None:
+        records.write(name, video, row)
+        with records.summary_lock():
+            write_summary(out_dir / "summary.csv",
+                          [p for r in records.rows(videos, names) for p in r["persons"]],
+                          mapped)
+        _say(console, line)
+
     with _progress(console) as progress:
-        for video, name in todo:
-            result = _predict_one(video, predictor, detector, settings, progress,
-                                  out_dir / name / ANNOTATED)
-            result["notes"] = notes + result.get("notes", [])
-            write_outputs(out_dir / name, result, predictor)
-            persons = summary_rows(result, bool(predictor.groups))
-            row = {**{key: result.get(key, "") for key in SUMMARY_COLUMNS},
-                   "person": result.get("main_person", ""),
-                   "confidence": result.get("confidence"), "persons": persons}
-            if predictor.groups:
-                row["mapped_label"] = result.get("mapped_label", "")
-            records.write(name, video, row)
-            with records.summary_lock():
-                write_summary(out_dir / "summary.csv",
-                              [p for r in records.rows(videos, names) for p in r["persons"]],
-                              bool(predictor.groups))
-            _say(console, _line(name, result))
+        if workers <= 1 or len(todo) == 1:
+            try:
+                with StopRequests(graceful=False):
+                    for video, name in todo:
+                        finished(video, name, *predict_and_write(
+                            video, name, run_dirs, fusion_method, label_map, settings,
+                            out_dir, progress))
+            except KeyboardInterrupt:  # a stop may land between a temp file and its cleanup
+                remove_temp_files(out_dir, {os.getpid()})
+                raise
+            return
+        task = progress.add_task(f"{len(todo)} videos, {workers} workers",
+                                 total=len(todo)) if progress else None
+        jobs = [(video, name, run_dirs, fusion_method, label_map, settings, out_dir)
+                for video, name in todo]
+        abandoned = partial(remove_temp_files, out_dir)  # killed workers' half-written files
+        for (video, name, *_), (row, line) in run_in_workers(predict_and_write, jobs, workers,
+                                                             on_abandon=abandoned):
+            finished(video, name, row, line)
+            if progress:
+                progress.advance(task)
+
+
+_STATE: dict = {}  # this process's loaded predictor (workers load it once)
+
+
+def _predictor_state(run_dirs, fusion_method, label_map) -> dict:
+    key = ([str(d) for d in run_dirs], fusion_method, label_map)
+    if _STATE.get("key") != key:
+        notes: list[str] = []
+        predictor = build_predictor(run_dirs, fusion_method, label_map, notes)
+        _STATE.update(key=key, notes=notes, predictor=predictor,
+                      detector=detector_from_params(predictor.runs[0].config["detect"]))
+    return _STATE
+
+
+def predict_and_write(video: Path, name: str, run_dirs, fusion_method, label_map,
+                      settings: Settings, out_dir: Path, progress=None) -> tuple[dict, str]:
+    """One video: predicted, its outputs written; returns its record row and a line."""
+    state = _predictor_state(run_dirs, fusion_method, label_map)
+    predictor = state["predictor"]
+    result = _predict_one(video, predictor, state["detector"], settings, progress,
+                          out_dir / name / ANNOTATED)
+    result["notes"] = state["notes"] + result.get("notes", [])
+    write_outputs(out_dir / name, result, predictor)
+    persons = summary_rows(result, bool(predictor.groups))
+    row = {**{key: result.get(key, "") for key in SUMMARY_COLUMNS},
+           "person": result.get("main_person", ""), "confidence": result.get("confidence"),
+           "persons": persons}
+    if predictor.groups:
+        row["mapped_label"] = result.get("mapped_label", "")
+    return row, _line(name, result)
 
 
 def _predict_one(video: Path, predictor: Predictor, detector: FaceDetector,

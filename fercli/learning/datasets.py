@@ -268,9 +268,10 @@ def feature_dataset(store_path: str | Path, rows: np.ndarray, max_frames: int,
     float16 as `fer extract` writes them) fit `fercli.features.featurestore.input_memory_budget`
     (``memory_mb``), they are read here, once, in storage order, and held for every epoch
     (as float32 when the float16 and float32 copies fit the budget together, so batches
-    need no widening); the order is then `epoch_order`'s. Otherwise they stream in windows of a quarter of the
-    budget (`streaming_windows`: shuffled block-wise), read one window ahead on a
-    background thread, so the pipeline holds at most about the budget in frames.
+    need no widening); the order is then `epoch_order`'s. Otherwise they stream in
+    windows of a quarter of the budget (`streaming_windows`: shuffled block-wise), read
+    one window ahead on a background thread, so the pipeline holds at most about the
+    budget in frames.
 
     Speed: Python runs once per epoch (held) or per window (streamed), through
     `tf.numpy_function`; each batch is one gather, the padding and mask and the cast to
