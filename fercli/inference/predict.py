@@ -283,7 +283,9 @@ class PersonWindows:
     """One person's windows, from the first that holds their first face to the video's end.
 
     Entries are ``[frame, {encoder key: code} | None]``, filled in when their batch is
-    encoded; a window is made once every entry before its end is encoded.
+    encoded; a window is made once every entry before its end is encoded. Windows without
+    the person's face are given out only when a later one has it again, so a person who
+    left early costs nothing for the rest of an hours-long video.
     """
 
     def __init__(self, spec: WindowSpec, every: int, first_frame: int, encoders: dict):
@@ -291,23 +293,31 @@ class PersonWindows:
         self.every = every
         self.entries: deque = deque()
         self.k = spec.first_holding(first_frame)
-        self.made = 0
+        self.away_from: int | None = None  # the first of the faceless windows held back
         self.onset: dict = {key: [] for key in encoders}  # the person's first face codes
 
     def close(self, upto: int) -> Iterator[Window]:
-        """Every window that ends at or before frame ``upto``."""
+        """Every window that ends at or before frame ``upto`` (faceless ones held back)."""
         while True:
             start, end = self.spec.bounds(self.k)
             if end > upto:
                 return
-            yield self.make(start, end, self.spec.times(self.k))
+            window = self.make(start, end, self.spec.times(self.k))
+            if window.faces:
+                for away in range(self.away_from if self.away_from is not None else self.k,
+                                  self.k):
+                    first, last = self.spec.bounds(away)
+                    yield Window(*self.spec.times(away), sampled_in(first, last, self.every), 0)
+                self.away_from = None
+                yield window
+            elif self.away_from is None:
+                self.away_from = self.k
             self.k += 1
             next_start = self.spec.bounds(self.k)[0]
             while self.entries and self.entries[0][0] < next_start:
                 self.entries.popleft()
 
     def make(self, start: int, end: int, times: tuple[float, float]) -> Window:
-        self.made += 1
         coded = [e[1] for e in self.entries if start <= e[0] < end and e[1] is not None]
         window = Window(*times, sampled_in(start, end, self.every), len(coded))
         if coded and window.status == "ok":
@@ -575,7 +585,7 @@ def predict_video(path: Path, predictor: Predictor, detector: FaceDetector,
             raise ConfigError(f"a {settings.window} s window holds no sampled frame at "
                               f"{fps:g} fps with every {settings.every}", path=path,
                               hint="Lengthen the window or lower --every")
-        persons = _windows(samples, predictor, spec, settings, sampler)
+        persons = _windows(samples, predictor, spec, settings, sampler, seen)
     else:
         persons = _whole(path, samples, predictor)
     seconds = time.perf_counter() - started
@@ -715,7 +725,7 @@ def _whole(path: Path, samples, predictor: Predictor) -> dict[int, dict]:
 
 
 def _windows(samples, predictor: Predictor, spec: WindowSpec, settings: Settings,
-             sampler: FaceSampler) -> dict[int, dict]:
+             sampler: FaceSampler, seen: Mapping[int, Any]) -> dict[int, dict]:
     """Predict every person's windows with their face; aggregate labels by majority (seed
     004); windows of all persons share prediction batches."""
     rows: dict[int, list[dict]] = {}
@@ -739,17 +749,15 @@ def _windows(samples, predictor: Predictor, spec: WindowSpec, settings: Settings
                 flush()
     if ready:
         flush()
-    return {person: _person_windows(person_rows, predictor, spec)
-            for person, person_rows in rows.items()}
+    return {person: _person_windows(rows.get(person, []), predictor, spec)
+            for person in seen}
 
 
 def _person_windows(rows: list[dict], predictor: Predictor, spec: WindowSpec) -> dict:
-    while len(rows) > 1 and rows[-1]["face_frames"] == 0:  # the person has left for good
-        rows.pop()
     predicted = [r for r in rows if r["status"] == "ok"]
     result: dict[str, Any] = {"windows": rows, "n_windows": len(predicted),
                               "window": {"seconds": spec.window, "stride": spec.stride}}
-    longest = max(w["sampled_frames"] for w in rows)
+    longest = max((w["sampled_frames"] for w in rows), default=0)
     short = [r.name for r in predictor.runs if r.max_frames < longest]
     if short:
         result["notes"] = [f"windows hold up to {longest} sampled frames; run(s) "
