@@ -29,6 +29,7 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 
 VERBOSE_ENV = "FERCLI_VERBOSE"
@@ -102,8 +103,15 @@ def is_chatter(line: str, level: int) -> bool:
 
 @contextmanager
 def filtered_stderr(level: int):
+    """Stderr without the lines that are chatter at ``level`` (see ``stderr_without``)."""
+    with stderr_without(lambda line: is_chatter(line, level)):
+        yield
+
+
+@contextmanager
+def stderr_without(drop: Callable[[str], bool]):
     """File descriptor 2 (C++ and Python writes alike) goes to a temporary file; on exit
-    the lines that are not chatter at ``level`` are written back."""
+    the lines ``drop`` does not match are written back."""
     sys.stderr.flush()
     try:
         saved = os.dup(2)
@@ -123,8 +131,7 @@ def filtered_stderr(level: int):
             os.close(saved)
             captured.seek(0)
             text = captured.read().decode("utf-8", errors="replace")
-            kept = "".join(line for line in text.splitlines(keepends=True)
-                           if not is_chatter(line, level))
+            kept = "".join(line for line in text.splitlines(keepends=True) if not drop(line))
             if kept:
                 os.write(2, kept.encode("utf-8", errors="replace"))
 

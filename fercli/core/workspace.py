@@ -156,7 +156,8 @@ def check_item_id(item_id: str, source: object = None) -> str:
 
 
 # --------------------------------------------------------------------------- locks
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this pid runs on this host (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -184,7 +185,7 @@ class StageLock:
             except FileExistsError:
                 holder = self._holder()
                 if holder is None or (holder.get("host") == info["host"]
-                                      and not _pid_alive(int(holder.get("pid", -1)))):
+                                      and not pid_alive(int(holder.get("pid", -1)))):
                     # Dead owner: rename first so two takers cannot both delete a fresh lock.
                     with contextlib.suppress(FileNotFoundError):
                         os.replace(self.path, self.path.with_suffix(f".stale-{os.getpid()}"))

@@ -535,6 +535,20 @@ def _inference_function(model, size: tuple[int, int, int]):
     return tf.function(lambda pixels: model(pixels, training=False), input_signature=signature)
 
 
+def batched_features(extractor, frames: np.ndarray, forward) -> np.ndarray:
+    """``forward`` over ``extractor.batch_size`` frames at a time, each batch prepared by its
+    ``spec.preprocess``: (N, feature_dim) float32 (the Keras and LiteRT backbones share it)."""
+    count = len(frames)
+    if count == 0:
+        return np.zeros((0, extractor.feature_dim), np.float32)
+    chunks = []
+    for start in range(0, count, extractor.batch_size):
+        batch = extractor.spec.preprocess(frames[start:start + extractor.batch_size],
+                                          keep_color=extractor.input_color)
+        chunks.append(np.asarray(forward(batch), np.float32))
+    return np.concatenate(chunks).reshape(count, extractor.feature_dim)
+
+
 class FeatureExtractor:
     """Frames in, one feature vector per frame out, in batches (never frame by frame)."""
 
@@ -553,15 +567,7 @@ class FeatureExtractor:
 
     def extract(self, frames: np.ndarray) -> np.ndarray:
         """(N,H,W,3) BGR or (N,H,W) gray frames -> (N, feature_dim) float32."""
-        count = len(frames)
-        if count == 0:
-            return np.zeros((0, self.feature_dim), np.float32)
-        chunks = []
-        for start in range(0, count, self.batch_size):
-            batch = self.spec.preprocess(frames[start:start + self.batch_size],
-                                         keep_color=self.input_color)
-            chunks.append(np.asarray(self._forward(batch), np.float32))
-        return np.concatenate(chunks).reshape(count, self.feature_dim)
+        return batched_features(self, frames, self._forward)
 
     def describe(self) -> dict[str, Any]:
         """What a features manifest should record to tell one extractor from another."""

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -43,7 +42,7 @@ import numpy as np
 from .. import __version__
 from ..core import tfenv
 from ..core.errors import FerError
-from ..core.workspace import atomic_write_bytes, atomic_write_json, file_sha256
+from ..core.workspace import atomic_write_bytes, atomic_write_json, file_sha256, pid_alive
 from .runs import FinalizedRun, read_run
 
 RUNTIME_FORMAT = 1  # raise when the conversion changes: caches of another format are rebuilt
@@ -80,24 +79,8 @@ def quiet_litert() -> Iterator[None]:
     if tfenv.verbose():
         yield
         return
-    sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr at all
+    with tfenv.stderr_without(lambda line: line.startswith("INFO: ")):
         yield
-        return
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            kept = [line for line in captured.read().splitlines(keepends=True)
-                    if not line.startswith(b"INFO: ")]
-            if kept:
-                os.write(2, b"".join(kept))
 
 
 # --------------------------------------------------------------------------- running
@@ -174,15 +157,9 @@ class LiteBackbone:
 
     def extract(self, frames: np.ndarray) -> np.ndarray:
         """(N,H,W,3) BGR or (N,H,W) gray frames -> (N, feature_dim) float32."""
-        count = len(frames)
-        if count == 0:
-            return np.zeros((0, self.feature_dim), np.float32)
-        chunks = []
-        for start in range(0, count, self.batch_size):
-            pixels = self.spec.preprocess(frames[start:start + self.batch_size],
-                                          keep_color=self.input_color)
-            chunks.append(self.graph({PIXELS: pixels}))
-        return np.concatenate(chunks).reshape(count, self.feature_dim)
+        from ..features.backbones import batched_features
+
+        return batched_features(self, frames, lambda pixels: self.graph({PIXELS: pixels}))
 
 
 _SHARED: dict[str, LiteGraph] = {}  # sha256 of a flat buffer -> its loaded graph
@@ -338,18 +315,8 @@ def _remove_dead_leftovers(folder: Path) -> None:
     """Temporary files of conversions that were killed (their pid is gone)."""
     for path in folder.glob(".*.tmp*"):
         parts = path.name.split(".")
-        if len(parts) > 2 and parts[2].isdigit() and not _pid_alive(int(parts[2])):
+        if len(parts) > 2 and parts[2].isdigit() and not pid_alive(int(parts[2])):
             path.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def write_cache(folder: Path, key: dict, files: dict[str, bytes],
