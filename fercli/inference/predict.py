@@ -935,7 +935,8 @@ def predict_videos(inputs: list[Path], run_dirs: list[Path], out_dir: Path, *,
         raise ConfigError(f"--faces {faces!r} is not one of {', '.join(FACES)}",
                           hint="all: every face with its own id; largest: the largest face")
     if not detect_every > 0:
-        raise ConfigError(f"--detect-every must be positive seconds, got {detect_every}")
+        raise ConfigError(f"--detect-every must be positive seconds, got {detect_every}",
+                          hint="Give e.g. --detect-every 1 (look for new faces every second)")
     settings = Settings(every, window, (stride or window) if window else None, faces,
                         detect_every, write)
     configs = [run_config(Path(r)) for r in run_dirs]
