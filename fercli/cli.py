@@ -252,7 +252,8 @@ def predict(inputs: List[Path] = typer.Argument(..., help="Videos, frame-sequenc
                                       "largest face of each frame."),
             detect_every: float = typer.Option(1.0, "--detect-every", help="Seconds between "
                                                "searches for new faces (tracked in between; "
-                                               "a cut or a lost face searches at once)."),
+                                               "a cut or a lost face searches at once; faces "
+                                               "under 60 px may take 5 searches)."),
             write: bool = typer.Option(False, "--write", help="Also write annotated.mp4: "
                                        "each face's box, person id and label."),
             shard: Optional[str] = ShardOpt,
@@ -529,7 +530,8 @@ def live(source: str = typer.Argument(..., help="Camera index (0), video file or
          faces: str = typer.Option("all", "--faces", help="all: every face, each person with "
                                    "its own id; largest: the largest face of each frame."),
          detect_every: float = typer.Option(1.0, "--detect-every", help="Seconds between "
-                                            "searches for new faces."),
+                                            "searches for new faces (faces under 60 px may "
+                                            "take 5 searches)."),
          config: Optional[Path] = ConfigOpt, set_: Optional[List[str]] = SetOpt):
     """Classify every face in a camera, video or stream as it plays (sliding window).
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -483,6 +484,17 @@ PEER_SETUP = ".venv/bin/python scripts/peer_predict.py --setup"
 PEER_VIDEO = Path("tests") / "woman2.mp4"  # under $FER_DATA: 464 frames, one talking face
 PEER_ROUNDS = 3  # interleaved: peer, fercli, peer, fercli, ...
 PREDICT_ARGS = ["--window", "2", "--stride", "1"]
+# What bounds `fer predict` here, measured in the same rounds: the frame loop with no
+# periodic face search (one detection, then only tracking, crops and the models), and
+# decoding alone on the read-ahead thread, both as child processes.
+NO_SEARCH_ARGS = ["--detect-every", "100000"]
+DECODE_CODE = """
+import json, sys, time
+from fercli.vision.media import iter_frames
+started = time.perf_counter()
+frames = sum(1 for _ in iter_frames(sys.argv[1], prefetch=16))
+print(json.dumps({"frames": frames, "fps": frames / (time.perf_counter() - started)}))
+"""
 GOAL_PREDICT_FPS = 20.0  # `fer predict` frames/s after start-up >= 20x the peer's (issue 13)
 GOAL_PREDICT_WALL = 5.0  # whole process: the peer's wall time >= 5x fercli's
 DEFAULT_RUN_SETTINGS = ["index.exclude_subjects=[F003, F004, M003, M004]", "split.folds=2",
@@ -520,17 +532,34 @@ def default_run(bench: Bench) -> tuple[Path, str]:
                      "subjects for 5 epochs (no demo-work: `make demo` for its run)")
 
 
+# Starts the measured command and reports its wall time and peak RSS. A child's ru_maxrss
+# counts what its parent held resident when it forked (exec keeps the old high-water
+# mark), so the bench, grown by TensorFlow in earlier sections, would add ~1 GB to every
+# child; this small process in between keeps that to its own ~10 MB.
+SPAWN_CODE = """
+import json, os, sys, time
+started = time.perf_counter()
+pid = os.posix_spawnp(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - started
+with open(sys.argv[1], "w") as out:
+    json.dump({"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}, out)
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_child(cmd: list, stdout: Path, stderr: Path) -> tuple[int, float, float]:
     """Run ``cmd``: its exit code, wall seconds and peak RSS in MB (that child alone,
-    from ``os.wait4``'s resource usage)."""
+    from ``os.wait4`` in a small go-between process, see SPAWN_CODE)."""
+    report = stdout.with_suffix(".rusage.json")
+    report.unlink(missing_ok=True)
     with stdout.open("w") as out, stderr.open("w") as err:
-        started = time.perf_counter()
-        child = subprocess.Popen([str(c) for c in cmd], stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=err)
-        _, status, usage = os.wait4(child.pid, 0)
-        wall = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    return child.returncode, wall, usage.ru_maxrss / 1024
+        code = subprocess.run([sys.executable, "-I", "-S", "-c", SPAWN_CODE, report,
+                               *map(str, cmd)], stdin=subprocess.DEVNULL, stdout=out,
+                              stderr=err).returncode
+    usage = json.loads(report.read_text()) if report.exists() else {}
+    return code, usage.get("wall_s", math.nan), usage.get("peak_rss_mb", math.nan)
 
 
 def last_lines(path: Path, n: int = 3) -> str:
@@ -563,13 +592,16 @@ def section_peer(bench: Bench) -> None:
     folder = bench.workdir / "peer"
     folder.mkdir()
     peer_cmd = [peer_python, "-I", REPO / "scripts" / "peer_predict.py", video]
-    rounds: dict[str, list[dict]] = {"peer": [], "fercli": []}
+    rounds: dict[str, list[dict]] = {"peer": [], "fercli": [], "no search": [], "decode": []}
     failed = None
     for k in range(PEER_ROUNDS):
         out = folder / f"predict-{k}"  # fresh: `fer predict` skips videos it has done
         runs = (("peer", peer_cmd),
                 ("fercli", [fer, "predict", video, "--run", run_dir, *PREDICT_ARGS,
-                            "--out", out]))
+                            "--out", out]),
+                ("no search", [fer, "predict", video, "--run", run_dir, *PREDICT_ARGS,
+                               *NO_SEARCH_ARGS, "--out", folder / f"no-search-{k}"]),
+                ("decode", [sys.executable, "-c", DECODE_CODE, video]))
         for system, cmd in runs:
             with bench.console.status(f"peer: round {k + 1} of {PEER_ROUNDS}, {system} on "
                                       f"{video.name} ..."):
@@ -579,14 +611,18 @@ def section_peer(bench: Bench) -> None:
                 failed = (f"{system} failed (exit {code}): "
                           f"{last_lines(folder / f'{system}-{k}.err')}")
                 break
-            if system == "peer":
+            if system in ("peer", "decode"):
                 report = json.loads(
-                    (folder / f"peer-{k}.out").read_text().strip().splitlines()[-1])
+                    (folder / f"{system}-{k}.out").read_text().strip().splitlines()[-1])
+            if system == "decode":
+                rounds[system].append({"fps": report["fps"]})
+                continue
+            if system == "peer":
                 row = {"fps": report["frames_per_second"], "frames": report["frames"],
                        "startup_s": report["startup_seconds"], "version": report["fer_version"],
                        "detail": f"faces {report['face_frames']}/{report['frames']}"}
             else:
-                result = json.loads(next(out.glob("*/prediction.json")).read_text())
+                result = json.loads(next(cmd[-1].glob("*/prediction.json")).read_text())
                 timing = result["timing"]
                 row = {"fps": timing["frames_per_second"], "frames": result["frames"],
                        "startup_s": wall - timing["seconds"],
@@ -601,8 +637,8 @@ def section_peer(bench: Bench) -> None:
         bench.console.print(f"[red]fer predict vs the peer not measured:[/] {failed}")
         return
     best = {system: {"fps": max(r["fps"] for r in rows),
-                     "wall_s": min(r["wall_s"] for r in rows),
-                     "peak_rss_mb": max(r["peak_rss_mb"] for r in rows)}
+                     "wall_s": min(r.get("wall_s", math.inf) for r in rows),
+                     "peak_rss_mb": max(r.get("peak_rss_mb", 0.0) for r in rows)}
             for system, rows in rounds.items()}
     fercli, peer = best["fercli"], best["peer"]
     ratios = {"fps": fercli["fps"] / peer["fps"], "wall": peer["wall_s"] / fercli["wall_s"],
@@ -620,11 +656,11 @@ def section_peer(bench: Bench) -> None:
         table.add_column(column, justify="left" if column in ("system", "result")
                          else "right")
     for k in range(PEER_ROUNDS):
-        for system in ("peer", "fercli"):
+        for system in ("peer", "fercli", "no search"):
             r = rounds[system][k]
             table.add_row(system, str(k + 1), f"{r['fps']:.1f}", f"{r['startup_s']:.1f}",
                           f"{r['wall_s']:.1f}", f"{r['peak_rss_mb']:.0f} MB", r["detail"])
-    for system in ("peer", "fercli"):
+    for system in ("peer", "fercli", "no search"):
         b = best[system]
         table.add_row(f"[bold]{system}[/]", "best", f"{b['fps']:.1f}", "",
                       f"{b['wall_s']:.1f}", f"{b['peak_rss_mb']:.0f} MB", "")
@@ -634,9 +670,15 @@ def section_peer(bench: Bench) -> None:
         f"{GOAL_PREDICT_FPS:g}x), whole process {ratios['wall']:.1f}x faster (goal >= "
         f"{GOAL_PREDICT_WALL:g}x), peak RSS {fercli['peak_rss_mb']:.0f} MB vs "
         f"{peer['peak_rss_mb']:.0f} MB; run: {run_source}")
+    bounds = {system: best[system]["fps"] / peer["fps"] for system in ("no search", "decode")}
+    bench.console.print(
+        f"What bounds it here: with no periodic face search ({' '.join(NO_SEARCH_ARGS)}) "
+        f"{best['no search']['fps']:.0f} frames/s ({bounds['no search']:.1f}x the peer); "
+        f"decoding alone on the read-ahead thread {best['decode']['fps']:.0f} frames/s "
+        f"({bounds['decode']:.1f}x)")
     bench.results["peer"] = {"video": str(video), "run": str(run_dir), "run_source": run_source,
                              "args": PREDICT_ARGS, "rounds": rounds, "best": best,
-                             "ratios": ratios}
+                             "ratios": ratios, "bounds": bounds}
 
 
 # --------------------------------------------------------------------------- memory

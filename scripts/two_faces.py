@@ -1,17 +1,22 @@
 """Two videos side by side in one frame (two real faces at once), optionally with a camera cut.
 
     python scripts/two_faces.py LEFT RIGHT OUT.mp4 [--height 336] [--cut-at SECONDS]
+    python scripts/two_faces.py LEFT RIGHT OUT.mp4 --inset FRACTION [--inset-from SECONDS]
 
 Both videos are resized to ``--height`` (aspect kept) and placed side by side. The output
 lasts as long as the longer video, at its frame rate; the shorter one loops. Frames are
 matched by time, so videos of different frame rates stay in step. With ``--cut-at`` the two
-swap sides from that second on, as a camera cut would. Written with OpenCV's MPEG-4 writer
+swap sides from that second on, as a camera cut would. With ``--inset`` RIGHT is instead
+shrunk to that fraction of the height and laid over LEFT's bottom-right corner from
+``--inset-from`` seconds on: a small face joining a large one. Written with OpenCV's MPEG-4 writer
 (``mp4v``; fercli's own writer, ``fercli.vision.clipio.ClipWriter``, writes square lossless
 face clips only). OUT must lie outside the repository: derived videos are never committed.
 
 Example (issue 13): ``python scripts/two_faces.py $FER_DATA/tests/woman2.mp4
 $FER_DATA/test.mp4 /tmp/two.mp4 --cut-at 8``, then ``fer predict /tmp/two.mp4 --window 2
---stride 1``.
+--stride 1``. A 56 px face joining woman2.mp4's ~135 px one at 4 s: ``python
+scripts/two_faces.py $FER_DATA/tests/woman2.mp4 $FER_DATA/tests/woman2.mp4 /tmp/inset.mp4
+--inset 0.4 --inset-from 4``.
 """
 from __future__ import annotations
 
@@ -55,11 +60,13 @@ class Looped:
 
 
 def side_by_side(left: Path, right: Path, out: Path, height: int,
-                 cut_at: float | None) -> dict:
-    videos = [Looped(left, height), Looped(right, height)]
+                 cut_at: float | None, inset: float | None = None,
+                 inset_from: float = 0.0) -> dict:
+    small = None if inset is None else 2 * max(8, round(height * inset / 2))
+    videos = [Looped(left, height), Looped(right, small or height)]
     longer = max(videos, key=lambda v: v.duration)
     fps, n_frames = longer.info.fps, longer.info.n_frames
-    width = videos[0].width + videos[1].width
+    width = videos[0].width if small else videos[0].width + videos[1].width
     writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():
         raise SystemExit(f"two_faces: cannot write {out} (OpenCV has no mp4v writer here?)")
@@ -67,6 +74,13 @@ def side_by_side(left: Path, right: Path, out: Path, height: int,
         for i in range(n_frames):
             seconds = i / fps
             pair = [v.at(seconds) for v in videos]
+            if small:
+                frame = pair[0]
+                if seconds >= inset_from:
+                    inset_width = min(pair[1].shape[1], width)
+                    frame[height - small:, width - inset_width:] = pair[1][:, :inset_width]
+                writer.write(frame)
+                continue
             if cut_at is not None and seconds >= cut_at:
                 pair.reverse()
             writer.write(np.hstack(pair))
@@ -74,7 +88,7 @@ def side_by_side(left: Path, right: Path, out: Path, height: int,
         writer.release()
     return {"width": width, "height": height, "frames": n_frames, "fps": fps,
             "seconds": n_frames / fps, "looped": [v.path.name for v in videos
-                                                  if v is not longer]}
+                                                  if v.duration < longer.duration]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +100,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="common frame height in pixels (default 336)")
     parser.add_argument("--cut-at", type=float, metavar="SECONDS",
                         help="swap left and right from this second on (a camera cut)")
+    parser.add_argument("--inset", type=float, metavar="FRACTION",
+                        help="lay RIGHT over LEFT's bottom-right corner at this fraction of "
+                             "the height (0.05-0.9) instead of side by side")
+    parser.add_argument("--inset-from", type=float, default=0.0, metavar="SECONDS",
+                        help="second from which the inset shows (default 0)")
     args = parser.parse_args(argv)
+    if args.inset is not None and not 0.05 <= args.inset <= 0.9:
+        parser.error(f"--inset must be a fraction of the height in [0.05, 0.9], got {args.inset}")
+    if args.inset is not None and args.cut_at is not None:
+        parser.error("--inset and --cut-at do not go together: choose one")
+    if args.inset_from < 0:
+        parser.error("--inset-from must be >= 0 seconds")
     if args.height < 16:
         parser.error("--height must be at least 16")
     if args.cut_at is not None and args.cut_at < 0:
@@ -99,12 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.out.parent.is_dir():
         parser.error(f"folder {args.out.parent} does not exist")
     try:
-        summary = side_by_side(args.left, args.right, args.out, args.height, args.cut_at)
+        summary = side_by_side(args.left, args.right, args.out, args.height, args.cut_at,
+                               args.inset, args.inset_from)
     except FerError as exc:
         print(f"two_faces: {exc}", file=sys.stderr)
         return 2
     cut = (f"; sides swap at {args.cut_at:g} s" if args.cut_at is not None
            and args.cut_at < summary["seconds"] else "")
+    if args.inset is not None:
+        cut = (f"; {args.right.name} inset at {args.inset:g} of the height from "
+               f"{args.inset_from:g} s")
     looped = f"; {', '.join(summary['looped'])} loops" if summary["looped"] else ""
     print(f"wrote {args.out}: {summary['width']}x{summary['height']}, {summary['frames']} "
           f"frames at {summary['fps']:g} fps ({summary['seconds']:.1f} s){looped}{cut}")

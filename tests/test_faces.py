@@ -12,7 +12,7 @@ import support
 
 from fercli.core.errors import ConfigError
 from fercli.vision.detect import Box, HaarDetector
-from fercli.vision.faces import FaceObservation, PersonTracker
+from fercli.vision.faces import QUICK_LOOKS_IN_A_ROW, FaceObservation, PersonTracker
 
 PANEL = support.PANEL
 BEFORE, AFTER = support.BEFORE, support.AFTER
@@ -127,15 +127,17 @@ def test_largest_returns_only_the_largest_face_of_each_frame(panels):
 class FixedDetector:
     """Returns the same boxes on every call and counts the calls (association rules only)."""
 
-    def __init__(self, boxes, width: int = 2 * PANEL[0]):
+    def __init__(self, boxes, width: int = 2 * PANEL[0], min_size: float = 0):
         self.boxes = [Box(*b) for b in boxes]
         self.width = width  # of the frames the boxes belong to (scaled for smaller ones)
+        self.min_size = min_size  # as Haar's minSize: smaller faces (after scaling) are missed
         self.calls = 0
 
     def detect(self, frame_bgr):
         self.calls += 1
         scale = frame_bgr.shape[1] / self.width
-        return [Box(*(v * scale for v in box)) for box in self.boxes]
+        scaled = [Box(*(v * scale for v in box)) for box in self.boxes]
+        return [box for box in scaled if min(box.w, box.h) >= self.min_size]
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +169,24 @@ def test_detection_runs_on_the_cadence_while_faces_are_tracked(still):
     assert tracker.counts["track"] == 19  # every frame but the one full detection
     assert tracker.persons == 2
     assert all([o.person for o in faces] == [1, 2] for faces in seen)
+
+
+def test_a_small_face_joining_a_large_one_is_found_by_the_next_full_detection(still):
+    # 40 px: the detector (smallest face 30 px) sees it at full resolution, not at half
+    detector = FixedDetector([(60, 70, 100, 100)], min_size=30)
+    tracker = PersonTracker(detector, "medianflow", 0, detect_every=2)
+    observe_all(tracker, [still] * 3)  # frame 0: full detection; frame 2: a quick look
+    detector.boxes.append(Box(260, 70, 40, 40))
+    seen = observe_all(tracker, [still] * 10)  # frames 3 to 12
+
+    # the quick looks on frames 4, 6 and 8 (the fourth in a row) find only the large face;
+    # frame 10's check is a full detection again, which finds the small one, and frame
+    # 12's too (a tracked face under QUICK_LOOK_PX)
+    assert QUICK_LOOKS_IN_A_ROW == 4
+    assert [len(faces) for faces in seen] == [1] * 7 + [2] * 3
+    assert seen[7][1] == FaceObservation(2, Box(260, 70, 40, 40), "detect")
+    assert (tracker.counts["detect"], tracker.counts["quick look"]) == (3, 4)
+    assert tracker.persons == 2
 
 
 def test_detection_runs_on_every_frame_while_nobody_is_found(still):

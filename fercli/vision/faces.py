@@ -16,7 +16,11 @@ in, that frame's faces out (``observe``); no file I/O, no printing. The rules, a
    resolution (a quarter of the detector's work; only when every tracked face is large
    enough to be found there): when it finds exactly the tracked faces where their
    trackers have them, nothing has changed and the full detection is skipped (on
-   woman2.mp4 this took `fer predict` from 440 to 670 frames/s).
+   woman2.mp4 this took `fer predict` from 440 to 670 frames/s). Half resolution cannot
+   see a face under twice the detector's smallest size (60 px with the paper's 30), so
+   after ``QUICK_LOOKS_IN_A_ROW`` quick looks the check is a full detection again: a
+   small face that joins a tracked large one gets its id within that many checks plus
+   one (5 s at `fer predict`'s default cadence), where it was never found before.
 2. **Between detections** every active person is followed by its own ``FaceTracker`` (the
    run's tracker, MedianFlow by default). A tracker failure makes that person inactive
    ("lost"). So does a tracked box less than half inside the frame (``MIN_VISIBLE``): the
@@ -119,6 +123,8 @@ FACES = ("all", "largest")
 # Rule 1's cadence check runs at half resolution when every tracked (extended) box is at
 # least this wide and high: the face inside is then >= 2 x the 24 px Haar window.
 QUICK_LOOK_PX = 80
+# ... and at most this many quick looks in a row, then a full detection (rule 1).
+QUICK_LOOKS_IN_A_ROW = 4
 # Cut check (rule 4): thumbnail size, its cells (rows, columns) and their hue x saturation
 # x value histogram bins.
 CUT_THUMB = (64, 48)
@@ -350,6 +356,7 @@ class PersonTracker:
         self._people: list[_Person] = []
         self._colours: list[np.ndarray] | None = None  # colour_histograms of the last frame
         self._since_detection = 0
+        self._quick_looks = 0  # in a row, since the last full detection
 
     @property
     def persons(self) -> int:
@@ -397,11 +404,14 @@ class PersonTracker:
         """Rule 1's cadence check at half resolution (a quarter of the detector's work):
         True when it finds exactly the tracked faces, each where its tracker has it (IoU
         >= ``restart_iou``); anything else (a new face, a missed one, a drifted tracker)
-        calls for the full detection. Faces under ``QUICK_LOOK_PX`` always get the full one."""
+        calls for the full detection. Faces under ``QUICK_LOOK_PX``, and every check after
+        ``QUICK_LOOKS_IN_A_ROW`` quick looks, get the full one."""
         self._since_detection = 0
         active = [p for p in self._people if p.active]
-        if min(min(p.box.w, p.box.h) for p in active) < QUICK_LOOK_PX:
+        if (self._quick_looks >= QUICK_LOOKS_IN_A_ROW
+                or min(min(p.box.w, p.box.h) for p in active) < QUICK_LOOK_PX):
             return False
+        self._quick_looks += 1
         self.counts["quick look"] += 1
         height, width = frame.shape[:2]
         small = cv2.resize(frame, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
@@ -446,7 +456,7 @@ class PersonTracker:
     def _detect(self, frame: np.ndarray, sources: dict[int, str]) -> None:
         """Rules 3, 5 and 7: match detections by place, then by appearance, else new persons."""
         self.counts["detect"] += 1
-        self._since_detection = 0
+        self._since_detection = self._quick_looks = 0
         height, width = frame.shape[:2]
         boxes = [extend_box(b, self.extend_px, width, height) for b in self.detector.detect(frame)]
         boxes = deduplicate([b for b in boxes if b.w > 1 and b.h > 1], self.duplicate_iou,
