@@ -11,8 +11,8 @@ Sections are plain functions in ``SECTIONS``; each prints its own table and stor
 figures in ``bench.results`` (saved with ``--json OUT``).
 
 ``section_peer`` times `fer predict` against the peer package `fer` 25.10.3 on a real video
-(``$FER_DATA/tests/woman2.mp4``), and ``section_goals`` ends with issue 13's goals, each
-figure from this same run.
+(``$FER_DATA/tests/woman2.mp4``), with what bounds it (no periodic face search; decoding
+alone), and ``section_goals`` ends with issue 13's goals, each figure from this same run.
 
     python scripts/bench.py [--video PATH] [--like-bu4dfe] [--seconds 1.5] [--json bench.json]
                             [--memory] [--only SECTION ...]
@@ -650,7 +650,8 @@ def section_peer(bench: Bench) -> None:
                   caption=f"{PEER_ROUNDS} interleaved rounds, each process fresh; best: the "
                           "best round's frames/s and wall time, the highest peak RSS. "
                           "frames/s after start-up: the frame loop (decode included); "
-                          "start-up: wall time before it")
+                          "start-up: wall time before it; no search: fercli with "
+                          f"{' '.join(NO_SEARCH_ARGS)} (one detection, then tracking only)")
     for column in ("system", "round", "f/s after start-up", "start-up s", "process s",
                    "peak RSS", "result"):
         table.add_column(column, justify="left" if column in ("system", "result")

@@ -509,6 +509,12 @@ def run_in_workers(function: Callable, jobs: list[tuple], workers: int,
                 with contextlib.suppress(Exception):
                     process.kill()
             pool.shutdown(wait=False, cancel_futures=True)
+            # Its manager thread closes a wake-up pipe that CPython's exit hook may write to
+            # at the same moment (EBADF, printed as a traceback at exit; seen once after a
+            # SIGTERM): let the thread finish first. With the workers dead it ends at once.
+            manager = getattr(pool, "_executor_manager_thread", None)
+            if manager is not None:
+                manager.join(timeout=STOP_GRACE_SECONDS)
             if on_abandon is not None:
                 on_abandon(set(processes))
 
