@@ -749,27 +749,14 @@ for clip in range(clips):  # as `fer extract` does per item: features, one .npy
 print(json.dumps({"clips": clips, "frames": clips * per_clip}))
 """
 
-PEAK_RSS_WRAPPER = """
-import json, resource, subprocess, sys
-child = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-sys.stderr.write(child.stderr[-3000:])
-print(json.dumps({"stdout": child.stdout, "returncode": child.returncode,
-                  "maxrss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
-"""
-
-
 def peak_rss(code: str, *args: str) -> tuple[dict, float]:
-    """Run ``code`` in a fresh Python; its JSON result and its peak RSS in MB.
-
-    A wrapper process starts it and reads ``getrusage(RUSAGE_CHILDREN).ru_maxrss``, so each
-    figure is that one child's peak alone.
-    """
-    wrapper = subprocess.run([sys.executable, "-c", PEAK_RSS_WRAPPER, sys.executable, "-c",
-                              code, *map(str, args)], capture_output=True, text=True)
-    report = json.loads(wrapper.stdout.strip().splitlines()[-1])
-    if report["returncode"]:
-        raise RuntimeError(f"benchmark child failed: {wrapper.stderr[-1500:]}")
-    return json.loads(report["stdout"].strip().splitlines()[-1]), report["maxrss_kb"] / 1024
+    """Run ``code`` in a fresh Python (``run_child``); its JSON result and its peak RSS in MB."""
+    with tempfile.TemporaryDirectory() as folder:
+        out, err = Path(folder) / "child.out", Path(folder) / "child.err"
+        returncode, _, rss = run_child([sys.executable, "-c", code, *args], out, err)
+        if returncode:
+            raise RuntimeError(f"benchmark child failed: {err.read_text()[-1500:]}")
+        return json.loads(out.read_text().strip().splitlines()[-1]), rss
 
 
 def write_memory_store(path: Path) -> float:
