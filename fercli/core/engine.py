@@ -505,14 +505,15 @@ def run_in_workers(function: Callable, jobs: list[tuple], workers: int,
             pool.shutdown(wait=True)
         else:  # stopped, or an error ends the pool: abandon the running jobs at once
             processes = dict(getattr(pool, "_processes", None) or {})  # pid -> Process
+            # The pool's manager thread closes a wake-up pipe that CPython's exit hook may
+            # write to at the same moment (EBADF, printed as a traceback at exit; seen after
+            # SIGTERM): it is let finish first, which it does at once with the workers dead.
+            # Taken before shutdown(), which drops the pool's reference to it.
+            manager = getattr(pool, "_executor_manager_thread", None)
             for process in processes.values():
                 with contextlib.suppress(Exception):
                     process.kill()
             pool.shutdown(wait=False, cancel_futures=True)
-            # Its manager thread closes a wake-up pipe that CPython's exit hook may write to
-            # at the same moment (EBADF, printed as a traceback at exit; seen once after a
-            # SIGTERM): let the thread finish first. With the workers dead it ends at once.
-            manager = getattr(pool, "_executor_manager_thread", None)
             if manager is not None:
                 manager.join(timeout=STOP_GRACE_SECONDS)
             if on_abandon is not None:
