@@ -615,7 +615,8 @@ def section_peer(bench: Bench) -> None:
                 report = json.loads(
                     (folder / f"{system}-{k}.out").read_text().strip().splitlines()[-1])
             if system == "decode":
-                rounds[system].append({"fps": report["fps"]})
+                rounds[system].append({"fps": report["fps"], "wall_s": wall,
+                                       "peak_rss_mb": rss})
                 continue
             if system == "peer":
                 row = {"fps": report["frames_per_second"], "frames": report["frames"],
@@ -637,8 +638,8 @@ def section_peer(bench: Bench) -> None:
         bench.console.print(f"[red]fer predict vs the peer not measured:[/] {failed}")
         return
     best = {system: {"fps": max(r["fps"] for r in rows),
-                     "wall_s": min(r.get("wall_s", math.inf) for r in rows),
-                     "peak_rss_mb": max(r.get("peak_rss_mb", 0.0) for r in rows)}
+                     "wall_s": min(r["wall_s"] for r in rows),
+                     "peak_rss_mb": max(r["peak_rss_mb"] for r in rows)}
             for system, rows in rounds.items()}
     fercli, peer = best["fercli"], best["peer"]
     ratios = {"fps": fercli["fps"] / peer["fps"], "wall": peer["wall_s"] / fercli["wall_s"],
